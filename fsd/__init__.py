@@ -1,0 +1,47 @@
+"""pytorch-fsd: the Fréchet Segmentation Distance of "Seeing What a GAN Cannot Generate".
+
+>>> import fsd
+>>> result = fsd.compute("real_images/", "generated_images/")  # doctest: +SKIP
+>>> print(result.fsd, result.mean_term, result.covariance_term)  # doctest: +SKIP
+"""
+
+__version__ = "0.1.0"
+
+from .api import (  # noqa: E402
+    FSDResult,
+    PerImage,
+    class_percentages_of,
+    compute,
+    compute_stats,
+    distance,
+    load_segmenter,
+)
+from .errors import (  # noqa: E402
+    DownloadError,
+    FSDError,
+    ImageReadError,
+    IncompatibleStatsError,
+    InputError,
+    WeightsError,
+)
+from .frechet import FrechetDistance, frechet_distance  # noqa: E402
+from .segmenters.base import Preprocessing, Segmenter, class_counts, class_percentages  # noqa: E402
+from .segmenters.labelmap import LabelMapSegmenter  # noqa: E402
+from .sources import FolderSource, MapSource  # noqa: E402
+from .stats import Stats, StatsMeta  # noqa: E402
+
+
+def plot_omissions(*args, **kwargs):
+    """The paper's figure; see `fsd.report.plot_omissions` (needs the ``plot`` extra)."""
+    from .report import plot_omissions as _plot
+
+    return _plot(*args, **kwargs)
+
+
+__all__ = [
+    "__version__", "compute", "compute_stats", "distance", "class_percentages_of", "load_segmenter",
+    "FSDResult", "PerImage", "Stats", "StatsMeta", "FrechetDistance", "frechet_distance",
+    "Segmenter", "Preprocessing", "class_counts", "class_percentages", "LabelMapSegmenter",
+    "MapSource", "FolderSource", "plot_omissions",
+    "FSDError", "InputError", "ImageReadError", "IncompatibleStatsError", "WeightsError", "DownloadError",
+]
