@@ -41,10 +41,12 @@ def run_guarded(debug: bool, action: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except click.ClickException:
+        raise  # usage errors: click prints them and exits with status 2
     except Exception as exc:
         if debug:
             raise
-        code = 2 if isinstance(exc, (InputError, click.BadParameter)) else 1
+        code = 2 if isinstance(exc, InputError) else 1
         kind = "error" if isinstance(exc, FSDError) else f"error ({type(exc).__name__})"
         click.echo(f"{kind}: {exc}", err=True)
         sys.exit(code)

@@ -3,10 +3,11 @@
     d^2 = |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))
 
 Tr((S_1 S_2)^(1/2)) equals Tr((S_1^(1/2) S_2 S_1^(1/2))^(1/2)), the trace of the square root of a
-symmetric positive semi-definite matrix. Computing it that way, with symmetric eigendecompositions in
-float64 and tiny negative eigenvalues clipped to zero, stays real and finite for the rank-deficient
-covariances that segmentation statistics always have (classes that never occur), where
-``scipy.linalg.sqrtm(S_1 @ S_2)`` can return complex values or fail.
+symmetric positive semi-definite matrix. We compute it from symmetric eigendecompositions in float64
+(negative and rounding-level eigenvalues dropped) and one singular value decomposition, which stays
+real and finite for the rank-deficient covariances that segmentation statistics always have (classes
+that never occur), where ``scipy.linalg.sqrtm(S_1 @ S_2)`` can return complex values or fail, and
+gives 0 for a set against itself to rounding (the eigenvalue-clipping form is off by ~1e-7 there).
 """
 
 from __future__ import annotations
@@ -26,18 +27,28 @@ class FrechetDistance:
         return self.value
 
 
-def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+def psd_factor(matrix: np.ndarray) -> np.ndarray:
+    """L with L @ L.T = matrix, keeping only eigenvalues above the rank tolerance.
+
+    Eigenvalues below ``C * eps * max`` are rounding noise of a singular matrix (absent classes);
+    they are dropped rather than square-rooted, since sqrt(1e-16) noise would become 1e-8 signal.
+    """
     w, v = np.linalg.eigh(matrix)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    keep = w > max(w.max(initial=0.0), 0.0) * matrix.shape[0] * np.finfo(np.float64).eps
+    return v[:, keep] * np.sqrt(w[keep])
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """Tr((sigma1 sigma2)^(1/2)) for symmetric positive semi-definite inputs."""
-    root1 = _sqrt_psd(sigma1)
-    inner = root1 @ sigma2 @ root1
-    inner = (inner + inner.T) / 2
-    w = np.linalg.eigvalsh(inner)
-    return float(np.sqrt(np.clip(w, 0.0, None)).sum())
+    """Tr((sigma1 sigma2)^(1/2)) for symmetric positive semi-definite inputs.
+
+    With sigma_i = L_i L_i^T, the eigenvalues of sigma1^(1/2) sigma2 sigma1^(1/2) are the squared
+    singular values of L_1^T L_2, so the trace is their sum (the nuclear norm): no square root of a
+    nearly singular product is ever taken.
+    """
+    product = psd_factor(sigma1).T @ psd_factor(sigma2)
+    if product.size == 0:
+        return 0.0
+    return float(np.linalg.svd(product, compute_uv=False).sum())
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> FrechetDistance:

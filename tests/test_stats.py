@@ -1,0 +1,138 @@
+import numpy as np
+import pytest
+
+from fsd.errors import IncompatibleStatsError, InputError
+from fsd.stats import Stats, StatsMeta
+
+META = StatsMeta(("-", "wall", "sky", "tree"), "demo", "w1", "rgb:256", "0.1.0", "somewhere")
+P = 64
+
+
+def random_counts(rng, n, c=4, p=P):
+    cuts = np.sort(rng.integers(0, p + 1, size=(n, c - 1)), axis=1)
+    edges = np.concatenate([np.zeros((n, 1), int), cuts, np.full((n, 1), p)], axis=1)
+    return np.diff(edges, axis=1)
+
+
+def stats_of(counts, meta=META, p=P):
+    s = Stats(meta, pixels_per_image=p)
+    s.update(counts)
+    return s
+
+
+def test_mean_and_covariance_match_numpy():
+    rng = np.random.default_rng(0)
+    counts = random_counts(rng, 200)
+    s = stats_of(counts)
+    pct = counts * (100.0 / P)
+    np.testing.assert_allclose(s.mu, pct.mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(s.sigma, np.cov(pct, rowvar=False), rtol=1e-12, atol=1e-12)
+
+
+def test_streaming_equals_all_at_once_bit_for_bit_in_any_order_and_batching():
+    rng = np.random.default_rng(1)
+    counts = random_counts(rng, 301)
+    whole = stats_of(counts)
+    streamed = Stats(META, P)
+    perm = rng.permutation(len(counts))
+    for chunk in np.array_split(counts[perm], 17):
+        streamed.update(chunk)
+    assert streamed.n == whole.n
+    assert np.array_equal(streamed.mu, whole.mu)
+    assert np.array_equal(streamed.sigma, whole.sigma)
+
+
+def test_shard_merge_is_exact():
+    rng = np.random.default_rng(2)
+    counts = random_counts(rng, 100)
+    shards = [stats_of(counts[i::3]) for i in range(3)]
+    merged = Stats(META, P)
+    for shard in reversed(shards):
+        merged.merge(shard)
+    whole = stats_of(counts)
+    assert np.array_equal(merged.sigma, whole.sigma) and merged.n == 100
+
+
+def test_memory_does_not_grow_with_images():
+    s = Stats(META, P)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        s.update(random_counts(rng, 50))
+    assert s.count_outer_sum.shape == (4, 4) and s.n == 1000
+
+
+def test_centering_is_exact_for_large_offsets():
+    # Nearly constant samples: naive E[x^2] - E[x]^2 in float64 loses everything here.
+    p = 65536
+    meta = StatsMeta(("a", "b"), "demo", "w", "pre", "0")
+    counts = np.array([[p - 1, 1], [p, 0]] * 500)
+    s = stats_of(counts, meta, p)
+    pct = counts * (100.0 / p)
+    np.testing.assert_allclose(s.sigma, np.cov(pct, rowvar=False), rtol=1e-12)
+
+
+def test_update_validates_rows():
+    s = Stats(META, P)
+    with pytest.raises(ValueError, match="sum to 64"):
+        s.update(np.array([[1, 2, 3, 4]]))
+    with pytest.raises(ValueError, match="shape"):
+        s.update(np.zeros((2, 3), int))
+    with pytest.raises(TypeError):
+        s.update(np.zeros((1, 4)) + 16.0)
+
+
+def test_update_percentages_accepts_only_whole_pixel_counts():
+    s = Stats(META, P)
+    s.update_percentages(np.array([[25.0, 25.0, 50.0, 0.0]]))
+    assert s.count_sum.tolist() == [16, 16, 32, 0]
+    with pytest.raises(ValueError, match="whole pixel counts"):
+        s.update_percentages(np.array([[25.1, 24.9, 50.0, 0.0]]))
+
+
+def test_too_few_images_is_a_clear_error():
+    s = Stats(META, P)
+    with pytest.raises(InputError, match="no images"):
+        _ = s.mu
+    s.update(random_counts(np.random.default_rng(0), 1))
+    with pytest.raises(InputError, match="at least 2"):
+        _ = s.sigma
+
+
+def test_npz_round_trip_keeps_everything(tmp_path):
+    rng = np.random.default_rng(4)
+    s = stats_of(random_counts(rng, 30))
+    path = tmp_path / "sub" / "stats.npz"
+    s.save(path)
+    assert [p.name for p in path.parent.iterdir()] == ["stats.npz"]  # no temp file left
+    loaded = Stats.load(path)
+    assert loaded.meta == s.meta and loaded.n == 30
+    assert np.array_equal(loaded.sigma, s.sigma) and np.array_equal(loaded.mu, s.mu)
+    with np.load(path) as data:  # pytorch-fid's tools read mu and sigma
+        np.testing.assert_array_equal(data["mu"], s.mu)
+        np.testing.assert_array_equal(data["sigma"], s.sigma)
+
+
+@pytest.mark.parametrize("field", ["segmenter", "weights", "preprocessing"])
+def test_refuses_to_compare_different_pipelines(field):
+    other = StatsMeta(**{**META.__dict__, field: "something else"})
+    with pytest.raises(IncompatibleStatsError, match=field):
+        META.check_comparable(other)
+
+
+def test_refuses_different_class_names_and_names_the_class():
+    other = StatsMeta(**{**META.__dict__, "class_names": ("-", "wall", "floor", "tree")})
+    with pytest.raises(IncompatibleStatsError, match="class 2"):
+        META.check_comparable(other)
+    # The source may differ: that is the point of comparing.
+    META.check_comparable(StatsMeta(**{**META.__dict__, "source": "elsewhere"}))
+
+
+def test_loading_foreign_npz_is_a_clear_error(tmp_path):
+    fid_style = tmp_path / "fid.npz"
+    np.savez(fid_style, mu=np.zeros(3), sigma=np.eye(3))
+    with pytest.raises(InputError, match="not an FSD statistics file"):
+        Stats.load(fid_style)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"not a zip file at all")
+    with pytest.raises(InputError, match="garbage.npz"):
+        Stats.load(garbage)
