@@ -11,7 +11,6 @@ import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,10 +21,10 @@ from .frechet import FrechetDistance, frechet_distance
 from .segmenters.base import Segmenter, class_counts
 from .sources import (
     Batch,
-    FolderSource,
     MapSource,
     default_num_workers,
     iterate_batches,
+    open_source,
     select_indices,
 )
 from .stats import Stats, StatsMeta
@@ -105,22 +104,6 @@ def load_segmenter(
     if missing:
         raise InputError(f"segmenter {segmenter!r} lacks {', '.join(missing)} (see fsd.segmenters.base.Segmenter)")
     return segmenter
-
-
-def open_source(source) -> MapSource | Stats:
-    """A path (folder or saved statistics), a `MapSource`, or `Stats` -> a source or statistics."""
-    if isinstance(source, (Stats, MapSource)):
-        return source
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir():
-            return FolderSource(path)
-        if path.is_file():
-            if path.suffix.lower() == ".npz":
-                return Stats.load(path)
-            raise InputError(f"{path} is a file but not saved statistics (.npz); pass a folder of images")
-        raise InputError(f"{path}: no such file or folder")
-    raise InputError(f"cannot use {type(source).__name__} as an image source; pass a folder or a .npz file")
 
 
 def _meta_for(segmenter: Segmenter, source_description: str) -> StatsMeta:

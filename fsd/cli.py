@@ -47,7 +47,7 @@ def run_guarded(debug: bool, action: Callable[[], None]) -> None:
         if debug:
             raise
         code = 2 if isinstance(exc, InputError) else 1
-        kind = "error" if isinstance(exc, FSDError) else f"error ({type(exc).__name__})"
+        kind = "error" if isinstance(exc, (FSDError, ImportError)) else f"error ({type(exc).__name__})"
         click.echo(f"{kind}: {exc}", err=True)
         sys.exit(code)
 
@@ -200,9 +200,8 @@ def _print_result(result, as_json: bool, show_report: bool, top_k: int, sort: st
         report.to_csv(report_csv)
     if as_json:
         payload = result.to_dict()
-        payload["classes"] = report.to_records()
-        payload["summary"] = report.summary()
-        click.echo(json.dumps(payload, indent=None))
+        payload["report"] = report.to_dict()
+        click.echo(json.dumps(payload, allow_nan=False))
         return
     click.echo(f"FSD: {result.fsd:.4f}  (mean term {result.mean_term:.4f}, "
                f"covariance term {result.covariance_term:.4f})")

@@ -9,6 +9,7 @@ the pixel values kept as class ids.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .errors import InputError
@@ -63,3 +64,33 @@ def prepare_array(image: np.ndarray, preprocessing: Preprocessing) -> np.ndarray
     if image.shape[:2] == (preprocessing.size, preprocessing.size):
         return np.ascontiguousarray(image.transpose(2, 0, 1))
     return prepare(Image.fromarray(image), preprocessing)
+
+
+def quantize(images: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
+    """Float images in ``value_range`` (``None``: already uint8) -> uint8, rounding to nearest.
+
+    The one rule for every float input (generator outputs, float arrays and tensors), so sampling a
+    generator and reading its samples back from PNG files give identical statistics. Values a little
+    outside the range (up to 10% of its width) are clipped; NaN, infinity, or values far outside the
+    declared range are errors, since they mean the range was declared wrongly.
+    """
+    if value_range is None:
+        if images.dtype != torch.uint8:
+            raise InputError(f"expected uint8 images for value_range=None, got {images.dtype}")
+        return images
+    if not images.dtype.is_floating_point:
+        raise InputError(f"images of dtype {images.dtype} need value_range=None (uint8) or float values")
+    lo, hi = (float(v) for v in value_range)
+    if not hi > lo:
+        raise InputError(f"value_range must be (low, high) with low < high, got {value_range}")
+    if not torch.isfinite(images).all():
+        raise InputError("images contain NaN or infinite values")
+    vmin, vmax = float(images.min()), float(images.max())
+    slack = 0.1 * (hi - lo)
+    if vmin < lo - slack or vmax > hi + slack:
+        raise InputError(
+            f"images span [{vmin:.4g}, {vmax:.4g}] but value_range=({lo:g}, {hi:g}) was declared; "
+            "pass the range the images really use, e.g. value_range=(0, 1) or (-1, 1), or uint8 images"
+        )
+    scaled = (images.double() - lo) * (255.0 / (hi - lo))
+    return scaled.round().clamp(0, 255).to(torch.uint8)

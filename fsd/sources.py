@@ -21,6 +21,7 @@ from PIL import Image
 from .errors import ImageReadError, InputError
 from .preprocess import prepare
 from .segmenters.base import Preprocessing
+from .stats import Stats
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -217,3 +218,19 @@ def iterate_batches(
             skipped.append((source.identity(index), reason))
         if images is not None:
             yield Batch(images, [source.identity(i) for i in good])
+
+
+def open_source(source) -> MapSource | Stats:
+    """A path (folder or saved statistics), a `MapSource`, or `Stats` -> a source or statistics."""
+    if isinstance(source, (Stats, MapSource)):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            return FolderSource(path)
+        if path.is_file():
+            if path.suffix.lower() == ".npz":
+                return Stats.load(path)
+            raise InputError(f"{path} is a file but not saved statistics (.npz); pass a folder of images")
+        raise InputError(f"{path}: no such file or folder")
+    raise InputError(f"cannot use {type(source).__name__} as an image source; pass a folder or a .npz file")
