@@ -16,6 +16,7 @@ from .api import (  # noqa: E402
     distance,
     load_segmenter,
 )
+from .baselines import BASELINES, load_baseline  # noqa: E402
 from .errors import (  # noqa: E402
     DownloadError,
     FSDError,
@@ -25,6 +26,8 @@ from .errors import (  # noqa: E402
     WeightsError,
 )
 from .frechet import FrechetDistance, frechet_distance  # noqa: E402
+from .generators import GeneratorSource, save_samples  # noqa: E402
+from .metric import FSDMetric  # noqa: E402
 from .segmenters.base import Preprocessing, Segmenter, class_counts, class_percentages  # noqa: E402
 from .segmenters.labelmap import LabelMapSegmenter  # noqa: E402
 from .sources import FolderSource, MapSource  # noqa: E402
@@ -43,5 +46,6 @@ __all__ = [
     "FSDResult", "PerImage", "Stats", "StatsMeta", "FrechetDistance", "frechet_distance",
     "Segmenter", "Preprocessing", "class_counts", "class_percentages", "LabelMapSegmenter",
     "MapSource", "FolderSource", "plot_omissions",
+    "GeneratorSource", "save_samples", "FSDMetric", "load_baseline", "BASELINES",
     "FSDError", "InputError", "ImageReadError", "IncompatibleStatsError", "WeightsError", "DownloadError",
 ]

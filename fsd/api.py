@@ -1,7 +1,16 @@
 """compute(), compute_stats() and friends: the one path every entry point takes.
 
-source -> batches of uint8 images (sources.py) -> segmenter labels -> per-image class pixel counts
--> exact statistics (stats.py) -> Fréchet distance (frechet.py).
+source -> batches of uint8 images (sources.py, or generators.py for a generator) -> segmenter labels
+-> per-image class pixel counts -> exact statistics (stats.py) -> Fréchet distance (frechet.py).
+
+A source is a folder or any other kind `fsd.sources.open_source` reads, saved ``.npz`` statistics, a
+`Stats`, a `fsd.generators.GeneratorSource`, or a published baseline name (``"lsun_church"``,
+``"lsun_bedroom"``; an existing path of that name wins, see `fsd.baselines`).
+
+Under ``torch.distributed`` (``torchrun``, or a training loop that initialized the default group),
+`compute` and `compute_stats` shard every source across the ranks and all-reduce the exact integer sums,
+so every rank gets the single-process result, bit for bit (see `fsd.distributed`). Call them on every rank,
+or pass ``distributed=False`` on a rank that computes alone.
 """
 
 from __future__ import annotations
@@ -9,15 +18,18 @@ from __future__ import annotations
 import os
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from . import __version__
+from .baselines import baseline_name, load_baseline
+from .distributed import SINGLE, World, current_world, local_device, reduce_stats, run_on_all_ranks
 from .errors import InputError
 from .frechet import FrechetDistance, frechet_distance
+from .generators import DEFAULT_VALUE_RANGE, GeneratorSource, ValueRange, ZSampler, as_generator_source
 from .segmenters.base import Segmenter, class_counts
 from .sources import (
     Batch,
@@ -28,6 +40,7 @@ from .sources import (
     select_indices,
 )
 from .stats import Stats, StatsMeta
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -41,6 +54,7 @@ class RunOptions:
     weights_dir: str | os.PathLike | None = None
     progress: bool = True
     skip_bad_images: bool = False
+    distributed: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -123,28 +137,112 @@ def _progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=not enabled, leave=False)
 
 
-def _segment_counts(
-    source: MapSource, segmenter: Segmenter, options: RunOptions, skipped: list[tuple[str, str]]
-) -> Iterator[tuple[np.ndarray, list[str]]]:
-    """Per-image class pixel counts (B, C) int64 of the chosen images, batch by batch."""
-    indices = select_indices(len(source), options.num_samples, options.seed)
+# -- sources ---------------------------------------------------------------------------------------------
+Opened = MapSource | GeneratorSource | Stats
+
+
+def _open(source, options: RunOptions) -> Opened:
+    """Any accepted source -> a `MapSource`, a `GeneratorSource`, or `Stats`."""
+    if isinstance(source, GeneratorSource):
+        return source
+    name = baseline_name(source)
+    if name is not None:
+        return load_baseline(name, weights_dir=options.weights_dir, progress=options.progress)
+    if isinstance(source, torch.nn.Module):
+        raise InputError(
+            f"got a {type(source).__name__} module as a source: to sample a generator pass generator=G (with "
+            "z_dim= and num_samples=) or wrap it in fsd.GeneratorSource"
+        )
+    return open_source(source)
+
+
+def _generator_side(
+    source,
+    generator: Callable[..., object] | GeneratorSource | None,
+    z_dim: int | None,
+    z_sampler: ZSampler | None,
+    value_range: ValueRange,
+    output_hook: Callable[[object], torch.Tensor] | None,
+    argument: str,
+):
+    """``source``, or the `GeneratorSource` that ``generator=`` and its options describe."""
+    if generator is None:
+        given = [n for n, v in (("z_dim", z_dim), ("z_sampler", z_sampler), ("output_hook", output_hook))
+                 if v is not None]
+        if value_range != DEFAULT_VALUE_RANGE:
+            given.append("value_range")
+        if given:
+            raise InputError(f"{', '.join(given)} apply to generator=; pass the generator too")
+        if source is None:
+            raise InputError(f"no {argument} given: pass {argument} (a folder, a .npz file, ...) or generator=")
+        return source
+    if source is not None:
+        raise InputError(f"pass {argument} or generator=, not both")
+    return as_generator_source(generator, z_dim=z_dim, z_sampler=z_sampler, value_range=value_range,
+                               output_hook=output_hook)
+
+
+def _run_segmenter(segmenter: Segmenter | str | None, options: RunOptions, world: World) -> Segmenter:
+    device = local_device(options.device, world)
+    return load_segmenter(segmenter, device=device, weights_dir=options.weights_dir,
+                          progress=options.progress and world.is_main)
+
+
+def _open_all(sources: list, segmenter: Segmenter | str | None, options: RunOptions,
+              world: World) -> tuple[list[Opened], Segmenter | None]:
+    """Open every source, and load the segmenter if one of them has images. Runs as one step on all ranks."""
+
+    def step():
+        opened = [_open(s, options) for s in sources]
+        needs_segmenter = any(not isinstance(o, Stats) for o in opened)
+        seg = _run_segmenter(segmenter, options, world) if needs_segmenter else None
+        return opened, seg
+
+    return run_on_all_ranks(world, step)
+
+
+# -- segmenting ------------------------------------------------------------------------------------------
+def _batches(source: MapSource | GeneratorSource, segmenter: Segmenter, options: RunOptions, world: World,
+             skipped: list[tuple[str, str]]) -> tuple[int, str, Iterator[Batch]]:
+    """(number of images on this rank, description, preprocessed batches of this rank's share)."""
+    if isinstance(source, GeneratorSource):
+        count = source.sample_count(options.num_samples)
+        seed = source.sample_seed(options.seed)
+        mine = world.shard(range(count))
+        batches = source.batches(mine, segmenter.preprocessing, batch_size=options.batch_size, seed=seed)
+        return len(mine), source.description(count, seed), batches
+    mine = world.shard(select_indices(len(source), options.num_samples, options.seed))
     num_workers = default_num_workers() if options.num_workers is None else options.num_workers
-    device = segmenter.device
-    with _progress_bar(len(indices), source.description or "images", options.progress) as bar:
-        for batch in iterate_batches(
-            source,
-            indices,
-            segmenter.preprocessing,
-            batch_size=options.batch_size,
-            num_workers=num_workers,
-            skip_bad_images=options.skip_bad_images,
-            skipped=skipped,
-            pin_memory=device.type == "cuda",
-        ):
-            labels = _segment(segmenter, batch, device)
-            yield class_counts(labels, len(segmenter.class_names)).cpu().numpy(), batch.ids
-            bar.update(len(batch.ids))
-        bar.update(len(indices) - bar.n)
+    batches = iterate_batches(
+        source,
+        mine,
+        segmenter.preprocessing,
+        batch_size=options.batch_size,
+        num_workers=num_workers,
+        skip_bad_images=options.skip_bad_images,
+        skipped=skipped,
+        pin_memory=segmenter.device.type == "cuda",
+    )
+    return len(mine), source.description, batches
+
+
+def _segment_counts(
+    source: MapSource | GeneratorSource, segmenter: Segmenter, options: RunOptions, world: World,
+    skipped: list[tuple[str, str]],
+) -> tuple[str, Iterator[tuple[np.ndarray, list[str]]]]:
+    """(description, per-image class pixel counts (B, C) int64 of this rank's images, batch by batch)."""
+    total, description, batches = _batches(source, segmenter, options, world, skipped)
+
+    def counts() -> Iterator[tuple[np.ndarray, list[str]]]:
+        device = segmenter.device
+        with _progress_bar(total, description or "images", options.progress and world.is_main) as bar:
+            for batch in batches:
+                labels = _segment(segmenter, batch, device)
+                yield class_counts(labels, len(segmenter.class_names)).cpu().numpy(), batch.ids
+                bar.update(len(batch.ids))
+            bar.update(total - bar.n)
+
+    return description, counts()
 
 
 def _segment(segmenter: Segmenter, batch: Batch, device: torch.device) -> torch.Tensor:
@@ -160,35 +258,39 @@ def _segment(segmenter: Segmenter, batch: Batch, device: torch.device) -> torch.
         raise
 
 
-def _resolve(source, segmenter: Segmenter | None, options: RunOptions):
-    opened = open_source(source)
-    if isinstance(opened, Stats):
-        return opened, segmenter
-    if segmenter is None or isinstance(segmenter, str):
-        segmenter = load_segmenter(segmenter, device=options.device, weights_dir=options.weights_dir,
-                                   progress=options.progress)
-    return opened, segmenter
-
-
-def _stats_of(source: MapSource, segmenter: Segmenter, options: RunOptions) -> Stats:
+def _stats_of(source: MapSource | GeneratorSource, segmenter: Segmenter, options: RunOptions,
+              world: World) -> Stats:
+    """Statistics of the whole source: each rank segments its share, the sums are all-reduced."""
     h = w = segmenter.preprocessing.size
-    stats = Stats(_meta_for(segmenter, source.description), pixels_per_image=h * w)
     skipped: list[tuple[str, str]] = []
-    for counts, _ in _segment_counts(source, segmenter, options, skipped):
-        stats.update(counts)
-    stats.skipped = tuple(skipped)
-    if skipped:
-        listing = "\n".join(f"  {ident}: {reason}" for ident, reason in skipped)
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s) in {source.description}:\n{listing}",
+
+    def local() -> Stats:
+        description, counts = _segment_counts(source, segmenter, options, world, skipped)
+        stats = Stats(_meta_for(segmenter, description), pixels_per_image=h * w)
+        for batch_counts, _ in counts:
+            stats.update(batch_counts)
+        stats.skipped = tuple(skipped)
+        return stats
+
+    stats = reduce_stats(run_on_all_ranks(world, local), world)
+    if stats.skipped and world.is_main:
+        listing = "\n".join(f"  {ident}: {reason}" for ident, reason in stats.skipped)
+        warnings.warn(f"skipped {len(stats.skipped)} unreadable image(s) in {stats.meta.source}:\n{listing}",
                       stacklevel=3)
     if stats.n == 0:
-        raise InputError(f"no readable images in {source.description}")
+        raise InputError(f"no readable images in {stats.meta.source}")
     return stats
 
 
+# -- the public functions --------------------------------------------------------------------------------
 def compute_stats(
-    source,
+    source=None,
     *,
+    generator: Callable[..., object] | GeneratorSource | None = None,
+    z_dim: int | None = None,
+    z_sampler: ZSampler | None = None,
+    value_range: ValueRange = DEFAULT_VALUE_RANGE,
+    output_hook: Callable[[object], torch.Tensor] | None = None,
     segmenter: Segmenter | str | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 32,
@@ -198,23 +300,37 @@ def compute_stats(
     weights_dir: str | os.PathLike | None = None,
     progress: bool = True,
     skip_bad_images: bool = False,
+    distributed: bool | None = None,
 ) -> Stats:
-    """Statistics of one source: a folder of images, a saved ``.npz`` (returned as loaded), a source.
+    """Statistics of one source: a folder of images, a saved ``.npz`` or baseline name (returned as
+    loaded), a `GeneratorSource`, or ``generator=G`` (see `fsd.generators` for ``z_dim``, ``z_sampler``,
+    ``value_range`` and ``output_hook``).
 
-    ``num_samples`` picks a subset by the paper's rule (``random.Random(seed).shuffle``); asking for
-    more images than exist is an error.
+    ``num_samples`` picks a subset of a file source by the paper's rule (``random.Random(seed).shuffle``;
+    asking for more images than exist is an error), or is the number of samples of a generator, whose
+    latents are seeded by ``seed``. ``distributed``: see `fsd.distributed.current_world`.
+
+    >>> stats = fsd.compute_stats(generator=G, z_dim=512, num_samples=10_000)  # doctest: +SKIP
     """
-    options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress, skip_bad_images)
-    opened, segmenter = _resolve(source, segmenter, options)
+    options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress,
+                         skip_bad_images, distributed)
+    source = _generator_side(source, generator, z_dim, z_sampler, value_range, output_hook, "source")
+    world = current_world(distributed)
+    (opened,), seg = _open_all([source], segmenter, options, world)
     if isinstance(opened, Stats):
         return opened
-    return _stats_of(opened, segmenter, options)
+    return _stats_of(opened, seg, options, world)
 
 
 def compute(
     real,
-    fake,
+    fake=None,
     *,
+    generator: Callable[..., object] | GeneratorSource | None = None,
+    z_dim: int | None = None,
+    z_sampler: ZSampler | None = None,
+    value_range: ValueRange = DEFAULT_VALUE_RANGE,
+    output_hook: Callable[[object], torch.Tensor] | None = None,
     segmenter: Segmenter | str | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 32,
@@ -224,18 +340,23 @@ def compute(
     weights_dir: str | os.PathLike | None = None,
     progress: bool = True,
     skip_bad_images: bool = False,
+    distributed: bool | None = None,
 ) -> FSDResult:
-    """FSD between two sources (folders, saved ``.npz`` statistics, `Stats`, or sources).
+    """FSD between two sources (folders, saved ``.npz`` statistics, `Stats`, baseline names, generators).
+
+    The fake side is ``fake`` or ``generator=G`` (sampled ``num_samples`` times; see `fsd.generators`).
+    ``num_samples`` applies to both sides: the subset of a file source, the sample count of a generator.
 
     >>> result = fsd.compute("real_images/", "generated/")  # doctest: +SKIP
     >>> result.fsd, result.mean_term, result.covariance_term  # doctest: +SKIP
+    >>> fsd.compute("lsun_church", generator=G, z_dim=512, num_samples=10_000)  # doctest: +SKIP
     """
-    options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress, skip_bad_images)
-    opened_real, segmenter = _resolve(real, segmenter, options)
-    opened_fake, segmenter = _resolve(fake, segmenter, options)
-    sides = []
-    for opened in (opened_real, opened_fake):
-        sides.append(opened if isinstance(opened, Stats) else _stats_of(opened, segmenter, options))
+    options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress,
+                         skip_bad_images, distributed)
+    fake = _generator_side(fake, generator, z_dim, z_sampler, value_range, output_hook, "fake")
+    world = current_world(distributed)
+    opened, seg = _open_all([real, fake], segmenter, options, world)
+    sides = [o if isinstance(o, Stats) else _stats_of(o, seg, options, world) for o in opened]
     return distance(*sides)
 
 
@@ -267,14 +388,17 @@ def class_percentages_of(
     progress: bool = True,
     skip_bad_images: bool = False,
 ) -> PerImage:
-    """Per-image class pixel percentages of a source, rows in the order the images were chosen."""
-    options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress, skip_bad_images)
-    opened, segmenter = _resolve(source, segmenter, options)
+    """Per-image class pixel percentages of a source (a `GeneratorSource` too), rows in the order the images
+    were chosen. It runs in this process alone, also under ``torch.distributed``."""
+    options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress,
+                         skip_bad_images, distributed=False)
+    (opened,), segmenter = _open_all([source], segmenter, options, SINGLE)
     if isinstance(opened, Stats):
         raise InputError("saved statistics hold no per-image values; pass the images themselves")
     size = segmenter.preprocessing.size
     rows, ids, skipped = [], [], []
-    for counts, batch_ids in _segment_counts(opened, segmenter, options, skipped):
+    _, counts_iter = _segment_counts(opened, segmenter, options, SINGLE, skipped)
+    for counts, batch_ids in counts_iter:
         rows.append(counts)
         ids.extend(batch_ids)
     counts = np.concatenate(rows) if rows else np.zeros((0, len(segmenter.class_names)), np.int64)

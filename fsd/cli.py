@@ -1,11 +1,19 @@
-"""The command line: parse, call the API, print. Results on stdout, everything else on stderr."""
+"""The command line: parse, call the API, print. Results on stdout, everything else on stderr.
+
+Launched with ``torchrun --nproc_per_node N -m fsd ...`` (or the ``fsd`` script under torchrun), the
+commands initialize torch.distributed from the environment (NCCL on each rank's GPU, gloo on CPU), shard
+every source across the ranks (see `fsd.distributed`) and print the result, warnings and errors once,
+on rank 0.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import click
 
@@ -29,13 +37,34 @@ class _DefaultToCompute(click.Group):
         return super().parse_args(ctx, args)
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 prints."""
+    from .distributed import current_world, is_initialized
+
+    if is_initialized():
+        return current_world().rank
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() and os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1") else 0
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
-    click.echo(f"warning: {message}", err=True)
+    if _rank() == 0:
+        click.echo(f"warning: {message}", err=True)
+
+
+def _echo(message: str, err: bool = False) -> None:
+    if _rank() == 0:
+        click.echo(message, err=err)
 
 
 def run_guarded(debug: bool, action: Callable[[], None]) -> None:
-    """Exit 2 on bad input, 1 on other failures, with a one-line message (a traceback with --debug)."""
+    """Exit 2 on bad input, 1 on other failures, with a one-line message (a traceback with --debug).
+
+    Under torchrun an error every rank knows of is printed by rank 0 alone; an error only one rank met
+    is printed by that rank, prefixed with its number.
+    """
     warnings.showwarning = _show_warning
+    rank = _rank()
     try:
         action()
     except KeyboardInterrupt:
@@ -46,10 +75,49 @@ def run_guarded(debug: bool, action: Callable[[], None]) -> None:
     except Exception as exc:
         if debug:
             raise
-        code = 2 if isinstance(exc, InputError) else 1
-        kind = "error" if isinstance(exc, (FSDError, ImportError)) else f"error ({type(exc).__name__})"
+        _print_error(exc, rank)
+        sys.exit(2 if isinstance(exc, InputError) else 1)
+
+
+def _print_error(exc: Exception, rank: int) -> None:
+    if getattr(exc, "_fsd_printed", False):
+        return
+    from .distributed import was_reported_to_all
+
+    kind = "error" if isinstance(exc, (FSDError, ImportError)) else f"error ({type(exc).__name__})"
+    if rank == 0:
         click.echo(f"{kind}: {exc}", err=True)
-        sys.exit(code)
+    elif not was_reported_to_all(exc):
+        click.echo(f"[rank {rank}] {kind}: {exc}", err=True)
+    exc._fsd_printed = True
+
+
+@contextlib.contextmanager
+def _torchrun_session(device: str | None) -> Iterator[None]:
+    """Initialize torch.distributed from torchrun's environment for the command, and shut it down after.
+
+    An error every rank knows of is printed by rank 0 before any rank exits: torchrun stops the other
+    processes as soon as one ends with an error, which could cut rank 0 off before it printed.
+    """
+    from . import distributed
+
+    started = distributed.init_from_environment(device)
+    try:
+        yield
+    except Exception as exc:
+        if started and distributed.was_reported_to_all(exc):
+            _print_error(exc, _rank())
+            _barrier()
+        raise
+    finally:
+        if started:
+            distributed.shutdown()
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
 
 
 @click.group(cls=_DefaultToCompute, context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,8 +127,16 @@ def cli() -> None:
 
     \b
       fsd REAL FAKE                      FSD between two image folders or saved .npz statistics
+      fsd REAL --generator SPEC -n N     FSD of N samples of a generator (proggan:NAME, MODULE:NAME)
+      fsd lsun_church FAKE               against the paper's published baseline (or lsun_bedroom)
       fsd --save-stats SOURCE OUT.npz    save the statistics of a folder for later
       fsd report REAL.npz FAKE.npz       per-class report and figure from saved statistics
+      fsd sample SPEC OUT_DIR -n N       write N samples of a generator as PNG files
+
+    \b
+    Under torchrun (torchrun --nproc_per_node 4 -m fsd REAL FAKE) the work is shared by the processes
+    and the result printed once. REAL and FAKE may be the names lsun_church / lsun_bedroom, unless a
+    file or folder of that name exists: an existing path always wins.
     """
 
 
@@ -85,18 +161,50 @@ def _report_options(f):
     return f
 
 
+def _parse_value_range(ctx, param, value: str):
+    from .generators import parse_value_range
+
+    if value.lower() == "uint8":
+        return None
+    try:
+        low, high = (float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter("use LOW,HIGH (e.g. -1,1 or 0,1) or uint8") from None
+    try:
+        return parse_value_range((low, high))
+    except InputError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _generator_options(f):
+    f = click.option("--value-range", default="-1,1", show_default=True, callback=_parse_value_range,
+                     metavar="LOW,HIGH|uint8",
+                     help="Value range of the generator's output, quantized to uint8 by rounding; "
+                          "uint8 for uint8 output.")(f)
+    f = click.option("--z-dim", type=click.IntRange(min=1),
+                     help="Latent size (standard normal latents). Default: the generator's z_dim attribute.")(f)
+    return f
+
+
 @cli.command("compute")
 @click.argument("real", required=False, type=click.Path())
 @click.argument("fake", required=False, type=click.Path())
+@click.option("--generator", "generator_spec", metavar="SPEC",
+              help="Use --num-samples samples of a generator as FAKE: proggan:NAME (a published Progressive "
+                   "GAN), MODULE:NAME or file.py:NAME (a generator, or a function/class building one), a "
+                   "torch.export .pt2 file or a TorchScript file. Latents are seeded by --seed.")
+@_generator_options
 @click.option("--save-stats", nargs=2, type=click.Path(), metavar="SOURCE OUT.npz",
               help="Compute the statistics of SOURCE and save them to OUT.npz instead of comparing.")
 @click.option("--device", help="torch device, e.g. cuda, cuda:1, cpu, mps. Default: cuda if available.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Image decoding processes. Default: up to 8 on Linux, 0 elsewhere.")
-@click.option("--num-samples", type=click.IntRange(min=1), default=None,
-              help="Use a random subset of this many images per set (the paper: 10000).")
-@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the subset choice.")
+@click.option("--num-samples", "-n", type=click.IntRange(min=1), default=None,
+              help="Use a random subset of this many images per set (the paper: 10000); the number of samples "
+                   "of --generator.")
+@click.option("--seed", type=int, default=1, show_default=True,
+              help="Seed of the subset choice, and of the latents of --generator.")
 @click.option("--weights-dir", type=click.Path(file_okay=False),
               help="Folder holding upp-resnet50-upernet/{encoder_epoch_40.pth,decoder_epoch_40.pth,labels.json}; "
                    "used as is, never downloaded into. Default: $FSD_WEIGHTS_DIR, else the cache.")
@@ -106,42 +214,119 @@ def _report_options(f):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def compute_command(real, fake, save_stats, device, batch_size, num_workers, num_samples, seed, weights_dir,
-                    skip_bad_images, segmenter, num_classes, show_report, top_k, sort, report_csv, plot_path,
-                    as_json, quiet, debug) -> None:
-    """FSD between REAL and FAKE (image folders or saved .npz statistics)."""
+def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, device, batch_size, num_workers,
+                    num_samples, seed, weights_dir, skip_bad_images, segmenter, num_classes, show_report, top_k,
+                    sort, report_csv, plot_path, as_json, quiet, debug) -> None:
+    """FSD between REAL and FAKE (image folders, saved .npz statistics, lsun_church / lsun_bedroom, or a
+    generator with --generator)."""
 
     def action() -> None:
         from . import api
+        from .distributed import current_world, local_device, run_on_all_ranks
 
         if save_stats:
             if real or fake:
                 raise InputError("--save-stats SOURCE OUT.npz takes no REAL/FAKE arguments")
+            if generator_spec:
+                raise InputError("--save-stats SOURCE OUT.npz takes no --generator; use fsd sample, then save")
+        elif generator_spec:
+            if not real or fake:
+                raise click.UsageError("with --generator give REAL only: the generator is the fake side")
         elif not (real and fake):
             raise click.UsageError("give REAL and FAKE (or --save-stats SOURCE OUT.npz); see --help")
-        seg = _make_segmenter(segmenter, num_classes, device, weights_dir, not quiet,
-                              needed=bool(save_stats) or not all(_is_stats_file(p) for p in (real, fake)))
-        common = dict(segmenter=seg, device=device, batch_size=batch_size, num_workers=num_workers,
-                      num_samples=num_samples, seed=seed, weights_dir=weights_dir, progress=not quiet,
-                      skip_bad_images=skip_bad_images)
-        if save_stats:
-            source, out = save_stats
-            stats = api.compute_stats(source, **common)
-            stats.save(out)
+        if not generator_spec and (z_dim is not None or value_range != (-1.0, 1.0)):
+            raise click.UsageError("--z-dim and --value-range apply to --generator")
+        with _torchrun_session(device):
+            world = current_world()
+            rank_device = local_device(device, world)
+            progress = not quiet and world.is_main
+
+            def setup():
+                fake_source = fake
+                if generator_spec:
+                    from .generators import GeneratorSource, load_generator
+
+                    generator = load_generator(generator_spec, device=rank_device or api.default_device(),
+                                               weights_dir=weights_dir, progress=progress)
+                    fake_source = GeneratorSource(generator, z_dim=z_dim, value_range=value_range,
+                                                  name=generator_spec)
+                sides = [real, fake_source] if not save_stats else [save_stats[0]]
+                seg = _make_segmenter(segmenter, num_classes, rank_device, weights_dir, progress,
+                                      needed=not all(_is_stats_file(p) for p in sides))
+                return fake_source, seg
+
+            fake_source, seg = run_on_all_ranks(world, setup)
+            common = dict(segmenter=seg, device=rank_device, batch_size=batch_size, num_workers=num_workers,
+                          num_samples=num_samples, seed=seed, weights_dir=weights_dir, progress=progress,
+                          skip_bad_images=skip_bad_images)
+            if save_stats:
+                source, out = save_stats
+                stats = api.compute_stats(source, **common)
+                if world.is_main:
+                    stats.save(out)
+                if as_json:
+                    _echo(json.dumps({"saved": out, "n": stats.n, "source": stats.meta.source}))
+                else:
+                    _echo(f"saved statistics of {stats.n} images from {source} to {out}", err=True)
+                return
+            result = api.compute(real, fake_source, **common)
+            if world.is_main:
+                _print_result(result, as_json, show_report, top_k, sort, report_csv, plot_path)
+
+    run_guarded(debug, action)
+
+
+@cli.command("sample")
+@click.argument("generator_spec", metavar="GENERATOR")
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--num-samples", "-n", type=click.IntRange(min=1), required=True, help="How many samples to write.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=1, show_default=True,
+              help="Seed of the latents: sample k depends only on (seed, k).")
+@_generator_options
+@click.option("--device", help="torch device for the generator. Default: cuda if available (each rank's GPU under torchrun).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--weights-dir", type=click.Path(file_okay=False),
+              help="Folder holding downloaded generator files (for proggan:NAME); used as is.")
+@click.option("--overwrite", is_flag=True, help="Write into a folder that already holds files.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def sample_command(generator_spec, out_dir, num_samples, seed, z_dim, value_range, device, batch_size, weights_dir,
+                   overwrite, as_json, quiet, debug) -> None:
+    """Write --num-samples samples of GENERATOR to OUT_DIR as PNG files 000000.png, 000001.png, ...
+
+    \b
+    GENERATOR: proggan:NAME (a published Progressive GAN: church, bedroom, ...), MODULE:NAME or
+    path/to/file.py:NAME (a generator, or a class / no-argument function that builds one), a
+    torch.export .pt2 file, or a TorchScript file. The files hold exactly the uint8 images fsd segments when given the generator
+    itself, so `fsd REAL OUT_DIR` equals `fsd REAL --generator GENERATOR` with the same seed.
+    """
+
+    def action() -> None:
+        from .api import default_device
+        from .distributed import current_world, local_device, run_on_all_ranks
+        from .generators import GeneratorSource, load_generator, save_samples
+
+        with _torchrun_session(device):
+            world = current_world()
+            rank_device = local_device(device, world) or default_device()
+            progress = not quiet and world.is_main
+            source = run_on_all_ranks(world, lambda: GeneratorSource(
+                load_generator(generator_spec, device=rank_device, weights_dir=weights_dir, progress=progress),
+                z_dim=z_dim, value_range=value_range, name=generator_spec))
+            paths = save_samples(source, out_dir, num_samples=num_samples, seed=seed, batch_size=batch_size,
+                                 overwrite=overwrite, progress=progress)
             if as_json:
-                click.echo(json.dumps({"saved": out, "n": stats.n, "source": stats.meta.source}))
+                _echo(json.dumps({"folder": out_dir, "n": len(paths), "seed": seed, "generator": generator_spec}))
             else:
-                click.echo(f"saved statistics of {stats.n} images from {source} to {out}", err=True)
-            return
-        result = api.compute(real, fake, **common)
-        _print_result(result, as_json, show_report, top_k, sort, report_csv, plot_path)
+                _echo(f"wrote {len(paths)} samples of {generator_spec} (seed {seed}) to {out_dir}", err=True)
 
     run_guarded(debug, action)
 
 
 @cli.command("report")
-@click.argument("real", type=click.Path(exists=True, dir_okay=False))
-@click.argument("fake", type=click.Path(exists=True, dir_okay=False))
+@click.argument("real", type=click.Path(dir_okay=False))
+@click.argument("fake", type=click.Path(dir_okay=False))
 @click.option("--top-k", type=click.IntRange(min=1), default=30, show_default=True,
               help="Classes shown in the table and the figure.")
 @click.option("--sort", type=click.Choice(["real", "relative", "absolute"]), default="real", show_default=True)
@@ -151,22 +336,37 @@ def compute_command(real, fake, save_stats, device, batch_size, num_workers, num
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def report_command(real, fake, top_k, sort, report_csv, plot_path, as_json, debug) -> None:
-    """Score and per-class report from two saved statistics files (no segmentation runs)."""
+    """Score and per-class report from two saved statistics files or baseline names (no segmentation runs)."""
 
     def action() -> None:
+        from pathlib import Path
+
         from . import api
+        from .baselines import baseline_name, load_baseline
         from .stats import Stats
 
-        result = api.distance(Stats.load(real), Stats.load(fake))
+        def load(path: str) -> Stats:
+            if baseline_name(path) is not None:
+                return load_baseline(path)
+            if not Path(path).is_file():
+                raise InputError(f"{path}: no such statistics file (nor a baseline name: lsun_church, lsun_bedroom)")
+            return Stats.load(path)
+
+        result = api.distance(load(real), load(fake))
         _print_result(result, as_json, True, top_k, sort, report_csv, plot_path)
 
     run_guarded(debug, action)
 
 
-def _is_stats_file(path: str) -> bool:
+def _is_stats_file(path) -> bool:
+    """Saved statistics or a baseline name: a side that needs no segmenter."""
     from pathlib import Path
 
-    return Path(path).is_file() and path.lower().endswith(".npz")
+    from .baselines import baseline_name
+
+    if not isinstance(path, str):
+        return False
+    return (Path(path).is_file() and path.lower().endswith(".npz")) or baseline_name(path) is not None
 
 
 def _make_segmenter(kind: str, num_classes: int | None, device, weights_dir, progress: bool, needed: bool):

@@ -1,0 +1,189 @@
+"""`FSDMetric`: FSD as a streaming metric for training loops, in the style of torchmetrics.
+
+The states are the sufficient statistics of each side: the number of images, the sum of their per-class
+pixel counts, and the sum of the counts' outer products, as exact int64 tensors with a SUM reduction.
+torchmetrics' FID keeps float64 sums; integer sums are strictly better here, because the per-image samples
+are whole pixel counts: sums are exact and order-free, so the result does not depend on batch sizes, on
+the order of updates or on how images are spread over ranks. The mean and covariance are formed from them
+in float64 (`fsd.stats.Stats`).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .distributed import all_reduce_sum, current_world, pack_sums, unpack_sums
+from .errors import InputError
+from .generators import DEFAULT_VALUE_RANGE, ValueRange, images_to_uint8, parse_value_range, prepare_images
+from .segmenters.base import Segmenter, class_counts
+from .stats import Stats
+
+_SIDES = ("real", "fake")
+
+
+class FSDMetric(torch.nn.Module):
+    """Streaming FSD: feed batches of images with `update`, read the score with `compute`.
+
+    ``segmenter``: the paper's UPP segmenter by default (``None`` / ``"upp"``), or any object following
+    `fsd.segmenters.base.Segmenter` with RGB inputs. ``real``: optional reference statistics of the real
+    side, computed or loaded once (saved ``.npz``, `Stats`, a baseline name such as ``"lsun_church"``, or a
+    folder / source, segmented here, sharded under ``torch.distributed``). ``value_range``: how float
+    images are quantized to uint8 (`fsd.preprocess.quantize`; ``(-1, 1)`` by default, ``(0, 1)``, or
+    ``"uint8"`` for uint8 input); images then go through the same resize and crop as image files, so the
+    metric equals `fsd.compute` on the same images saved as PNG.
+
+    Distributed: each rank updates with its own images (any number per rank); `compute` all-reduces
+    the int64 sums (every rank must call it) and returns the result of all images on every rank. The
+    local states are left as they were. ``sync_on_compute=False`` computes from this rank's images only.
+
+    The metric never enters train mode: the segmenter is not a registered submodule, so ``model.train()``
+    on a module holding the metric does not reach it, and modules of the segmenter found in training
+    mode are put back in eval mode before each use. ``metric.to(device)`` moves the states only.
+
+    >>> metric = fsd.FSDMetric(real="lsun_church")          # doctest: +SKIP
+    >>> for z in latents:                                   # doctest: +SKIP
+    ...     metric.update(G(z), real=False)
+    >>> metric.compute().fsd                                # doctest: +SKIP
+    >>> metric.reset()          # forgets the fake images, keeps the real statistics  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        segmenter: Segmenter | str | None = None,
+        *,
+        real=None,
+        value_range: ValueRange = DEFAULT_VALUE_RANGE,
+        device: str | torch.device | None = None,
+        weights_dir: str | os.PathLike | None = None,
+        progress: bool = False,
+        sync_on_compute: bool = True,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+    ):
+        super().__init__()
+        from .api import RunOptions, _meta_for, _open, _run_segmenter, _stats_of
+
+        options = RunOptions(device=device, batch_size=batch_size, num_workers=num_workers,
+                             weights_dir=weights_dir, progress=progress)
+        world = current_world(None)
+        # Kept out of the module tree on purpose: .train(), .to() and state_dict() never reach it.
+        self.__dict__["segmenter"] = _run_segmenter(segmenter, options, world)
+        seg = self.segmenter
+        if seg.preprocessing.kind != "rgb":
+            raise InputError(f"FSDMetric needs a segmenter of RGB images; {seg.name} reads {seg.preprocessing.kind!r}")
+        self.value_range = parse_value_range(value_range)
+        self.sync_on_compute = sync_on_compute
+        self.pixels_per_image = seg.preprocessing.size ** 2
+        self._meta = {side: _meta_for(seg, f"FSDMetric {side} images") for side in _SIDES}
+        c = len(seg.class_names)
+        for side in _SIDES:
+            self.register_buffer(f"{side}_n", torch.zeros((), dtype=torch.int64))
+            self.register_buffer(f"{side}_count_sum", torch.zeros(c, dtype=torch.int64))
+            self.register_buffer(f"{side}_count_outer_sum", torch.zeros((c, c), dtype=torch.int64))
+        self.reference: Stats | None = None
+        if real is not None:
+            opened = _open(real, options)
+            reference = opened if isinstance(opened, Stats) else _stats_of(opened, seg, options, world)
+            reference.meta.check_comparable(self._meta["real"], ("the real statistics", "this metric's segmenter"))
+            if reference.pixels_per_image != self.pixels_per_image:
+                raise InputError(f"the real statistics count {reference.pixels_per_image} pixels per image, "
+                                 f"this segmenter {self.pixels_per_image}")
+            self.reference = reference
+
+    # torch.nn.Module.train would only flip flags here; the segmenter is never switched to training.
+    def train(self, mode: bool = True) -> FSDMetric:
+        self.training = mode
+        return self
+
+    def update(self, images: torch.Tensor, *, real: bool) -> None:
+        """Add a batch ``(N, 3, H, W)`` (float in ``value_range``, or uint8) to the real or fake side."""
+        side = "real" if real else "fake"
+        uint8 = images_to_uint8(images, self.value_range, f"images given to FSDMetric.update(real={real})")
+        seg = self.segmenter
+        _keep_eval(seg)
+        prepared = prepare_images(uint8, seg.preprocessing)
+        with torch.inference_mode():
+            labels = seg.segment(prepared.to(seg.device))
+        counts = class_counts(labels, len(seg.class_names))
+        self._add(side, counts)
+
+    def update_real(self, images: torch.Tensor) -> None:
+        self.update(images, real=True)
+
+    def update_fake(self, images: torch.Tensor) -> None:
+        self.update(images, real=False)
+
+    def _add(self, side: str, counts: torch.Tensor) -> None:
+        n_state = getattr(self, f"{side}_n")
+        work = n_state.device if n_state.device.type != "mps" else torch.device("cpu")  # no float64 on MPS
+        counts = counts.to(work)
+        # float64 products and sums of whole counts are exact below 2**53: fine for any one batch.
+        as_float = counts.to(torch.float64)
+        outer = (as_float.T @ as_float).round().to(torch.int64)
+        n_state += counts.shape[0]
+        getattr(self, f"{side}_count_sum").add_(counts.sum(dim=0).to(n_state.device))
+        getattr(self, f"{side}_count_outer_sum").add_(outer.to(n_state.device))
+
+    def local_stats(self, side: str) -> Stats:
+        """This rank's updates of one side (``"real"`` or ``"fake"``), without the reference statistics."""
+        stats = Stats(self._meta[side], self.pixels_per_image)
+        stats.n = int(getattr(self, f"{side}_n"))
+        stats.count_sum = getattr(self, f"{side}_count_sum").cpu().numpy().copy()
+        stats.count_outer_sum = getattr(self, f"{side}_count_outer_sum").cpu().numpy().copy()
+        return stats
+
+    def side_stats(self, side: str) -> Stats:
+        """The statistics of one side: every rank's updates (when synced) plus the reference for ``"real"``."""
+        stats = self.local_stats(side)
+        world = current_world(None)
+        if self.sync_on_compute and world.size > 1:
+            packed = all_reduce_sum(pack_sums(stats.n, stats.count_sum, stats.count_outer_sum))
+            stats.n, stats.count_sum, stats.count_outer_sum = unpack_sums(packed, stats.num_classes)
+        if side == "real" and self.reference is not None:
+            if stats.n == 0:
+                return self.reference
+            combined = Stats(self.reference.meta, self.pixels_per_image)
+            combined.merge(self.reference)
+            combined.merge(stats)
+            return combined
+        return stats
+
+    def compute(self):
+        """The `fsd.FSDResult` of everything added since the last `reset` (on every rank when synced)."""
+        from .api import distance
+
+        real, fake = self.side_stats("real"), self.side_stats("fake")
+        for name, stats in (("real", real), ("fake", fake)):
+            if stats.n < 2:
+                raise InputError(
+                    f"the {name} side has {stats.n} image(s); FSD needs at least 2 per side: call "
+                    f"update(images, real={name == 'real'}) first" + (" or pass real= reference statistics"
+                                                                      if name == "real" else "")
+                )
+        return distance(real, fake)
+
+    def reset(self, *, keep_real: bool = True) -> None:
+        """Forget the fake images; with ``keep_real=False`` forget the real ones and the reference too."""
+        sides = ("fake",) if keep_real else _SIDES
+        for side in sides:
+            for name in ("n", "count_sum", "count_outer_sum"):
+                getattr(self, f"{side}_{name}").zero_()
+        if not keep_real:
+            self.reference = None
+
+    def extra_repr(self) -> str:
+        counts = ", ".join(f"{side}={int(getattr(self, f'{side}_n'))}" for side in _SIDES)
+        reference = f", reference n={self.reference.n}" if self.reference is not None else ""
+        return f"segmenter={self.segmenter.name!r}, {counts}{reference}"
+
+
+def _keep_eval(segmenter: object) -> None:
+    """Put a segmenter that is, or holds, ``nn.Module``s back in eval mode if anything switched it."""
+    modules = [segmenter] if isinstance(segmenter, torch.nn.Module) else [
+        value for value in getattr(segmenter, "__dict__", {}).values() if isinstance(value, torch.nn.Module)
+    ]
+    for module in modules:
+        if any(m.training for m in module.modules()):
+            module.eval()
