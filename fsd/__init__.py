@@ -30,7 +30,17 @@ from .generators import GeneratorSource, save_samples  # noqa: E402
 from .metric import FSDMetric  # noqa: E402
 from .segmenters.base import Preprocessing, Segmenter, class_counts, class_percentages  # noqa: E402
 from .segmenters.labelmap import LabelMapSegmenter  # noqa: E402
-from .sources import FolderSource, MapSource  # noqa: E402
+from .sources import (  # noqa: E402
+    ArrayFileSource,
+    ArraySource,
+    FolderSource,
+    LmdbSource,
+    MapSource,
+    SequenceSource,
+    SourceFormatError,
+    ZipSource,
+    open_source,
+)
 from .stats import Stats, StatsMeta  # noqa: E402
 
 
@@ -45,7 +55,8 @@ __all__ = [
     "__version__", "compute", "compute_stats", "distance", "class_percentages_of", "load_segmenter",
     "FSDResult", "PerImage", "Stats", "StatsMeta", "FrechetDistance", "frechet_distance",
     "Segmenter", "Preprocessing", "class_counts", "class_percentages", "LabelMapSegmenter",
-    "MapSource", "FolderSource", "plot_omissions",
+    "MapSource", "FolderSource", "ZipSource", "ArraySource", "ArrayFileSource", "LmdbSource",
+    "SequenceSource", "SourceFormatError", "open_source", "plot_omissions",
     "GeneratorSource", "save_samples", "FSDMetric", "load_baseline", "BASELINES",
     "FSDError", "InputError", "ImageReadError", "IncompatibleStatsError", "WeightsError", "DownloadError",
 ]

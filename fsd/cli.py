@@ -364,9 +364,16 @@ def _is_stats_file(path) -> bool:
 
     from .baselines import baseline_name
 
+    from .sources import is_saved_stats
+
     if not isinstance(path, str):
         return False
-    return (Path(path).is_file() and path.lower().endswith(".npz")) or baseline_name(path) is not None
+    if Path(path).is_file() and path.lower().endswith(".npz"):
+        try:
+            return is_saved_stats(path)
+        except Exception:
+            return False  # unreadable: let the source reader report it
+    return baseline_name(path) is not None
 
 
 def _make_segmenter(kind: str, num_classes: int | None, device, weights_dir, progress: bool, needed: bool):
