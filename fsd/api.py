@@ -55,6 +55,8 @@ class RunOptions:
     progress: bool = True
     skip_bad_images: bool = False
     distributed: bool | None = None
+    checkpoint: str | os.PathLike | None = None
+    checkpoint_every: int = 1000
 
 
 @dataclass(frozen=True)
@@ -202,20 +204,39 @@ def _open_all(sources: list, segmenter: Segmenter | str | None, options: RunOpti
 
 
 # -- segmenting ------------------------------------------------------------------------------------------
-def _batches(source: MapSource | GeneratorSource, segmenter: Segmenter, options: RunOptions, world: World,
-             skipped: list[tuple[str, str]]) -> tuple[int, str, Iterator[Batch]]:
-    """(number of images on this rank, description, preprocessed batches of this rank's share)."""
+@dataclass(frozen=True)
+class _Plan:
+    """Which images of a source this rank segments, in order."""
+
+    source: MapSource | GeneratorSource
+    indices: list[int]
+    description: str
+    seed: int
+
+    def identities(self) -> list[str]:
+        if isinstance(self.source, GeneratorSource):
+            return [f"generator[{k}]" for k in self.indices]
+        return [self.source.identity(i) for i in self.indices]
+
+
+def _plan(source: MapSource | GeneratorSource, options: RunOptions, world: World) -> _Plan:
     if isinstance(source, GeneratorSource):
         count = source.sample_count(options.num_samples)
         seed = source.sample_seed(options.seed)
-        mine = world.shard(range(count))
-        batches = source.batches(mine, segmenter.preprocessing, batch_size=options.batch_size, seed=seed)
-        return len(mine), source.description(count, seed), batches
-    mine = world.shard(select_indices(len(source), options.num_samples, options.seed))
+        return _Plan(source, world.shard(range(count)), source.description(count, seed), seed)
+    chosen = select_indices(len(source), options.num_samples, options.seed)
+    return _Plan(source, world.shard(chosen), source.description, options.seed)
+
+
+def _batches(plan: _Plan, indices: list[int], segmenter: Segmenter, options: RunOptions,
+             skipped: list[tuple[str, str]]) -> Iterator[Batch]:
+    """Preprocessed batches of ``plan.source[indices]``."""
+    if isinstance(plan.source, GeneratorSource):
+        return plan.source.batches(indices, segmenter.preprocessing, batch_size=options.batch_size, seed=plan.seed)
     num_workers = default_num_workers() if options.num_workers is None else options.num_workers
-    batches = iterate_batches(
-        source,
-        mine,
+    return iterate_batches(
+        plan.source,
+        indices,
         segmenter.preprocessing,
         batch_size=options.batch_size,
         num_workers=num_workers,
@@ -223,26 +244,22 @@ def _batches(source: MapSource | GeneratorSource, segmenter: Segmenter, options:
         skipped=skipped,
         pin_memory=segmenter.device.type == "cuda",
     )
-    return len(mine), source.description, batches
 
 
 def _segment_counts(
-    source: MapSource | GeneratorSource, segmenter: Segmenter, options: RunOptions, world: World,
-    skipped: list[tuple[str, str]],
-) -> tuple[str, Iterator[tuple[np.ndarray, list[str]]]]:
-    """(description, per-image class pixel counts (B, C) int64 of this rank's images, batch by batch)."""
-    total, description, batches = _batches(source, segmenter, options, world, skipped)
-
-    def counts() -> Iterator[tuple[np.ndarray, list[str]]]:
-        device = segmenter.device
-        with _progress_bar(total, description or "images", options.progress and world.is_main) as bar:
-            for batch in batches:
-                labels = _segment(segmenter, batch, device)
-                yield class_counts(labels, len(segmenter.class_names)).cpu().numpy(), batch.ids
-                bar.update(len(batch.ids))
-            bar.update(total - bar.n)
-
-    return description, counts()
+    plan: _Plan, segmenter: Segmenter, options: RunOptions, world: World, skipped: list[tuple[str, str]],
+    start: int = 0,
+) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """Per-image class pixel counts (B, C) int64 of ``plan.indices[start:]``, batch by batch."""
+    device = segmenter.device
+    total = len(plan.indices)
+    with _progress_bar(total, plan.description or "images", options.progress and world.is_main) as bar:
+        bar.update(start)
+        for batch in _batches(plan, plan.indices[start:], segmenter, options, skipped):
+            labels = _segment(segmenter, batch, device)
+            yield class_counts(labels, len(segmenter.class_names)).cpu().numpy(), batch.ids
+            bar.update(len(batch.ids))
+        bar.update(total - bar.n)
 
 
 def _segment(segmenter: Segmenter, batch: Batch, device: torch.device) -> torch.Tensor:
@@ -258,6 +275,56 @@ def _segment(segmenter: Segmenter, batch: Batch, device: torch.device) -> torch.
         raise
 
 
+class _Checkpoint:
+    """Partial statistics of a long run, saved atomically every ``every`` images, for resuming.
+
+    The file holds the exact integer sums so far, how many of the chosen images were consumed, the
+    images skipped so far, and a fingerprint of the run (segmenter, preprocessing, the chosen images'
+    identities in order, the skip setting): a checkpoint of a different run is refused, never mixed in.
+    """
+
+    def __init__(self, path: str | os.PathLike, plan: _Plan, meta: StatsMeta, options: RunOptions,
+                 every: int):
+        import hashlib
+        import json
+
+        self.path, self.every = os.fspath(path), every
+        digest = hashlib.sha256()
+        digest.update(json.dumps([meta.segmenter, meta.weights, meta.preprocessing, list(meta.class_names),
+                                  options.skip_bad_images]).encode())
+        for identity in plan.identities():
+            digest.update(identity.encode("utf-8", "surrogateescape") + b"\0")
+        self.fingerprint = digest.hexdigest()
+
+    def load(self, stats: Stats) -> tuple[int, list[tuple[str, str]]]:
+        """Restore into the empty ``stats``; returns (images consumed, images skipped)."""
+        import json
+
+        if not os.path.exists(self.path):
+            return 0, []
+        extra = Stats.read_extra(self.path)
+        if extra.get("fingerprint") != self.fingerprint:
+            raise InputError(
+                f"checkpoint {self.path} belongs to a different run (other images, subset, segmenter or "
+                "options); delete it to start over, or rerun with the options it was made with"
+            )
+        saved = Stats.load(self.path)
+        stats.merge(saved)
+        consumed = int(extra["consumed"])
+        warnings.warn(f"resuming from checkpoint {self.path}: {consumed} images already done", stacklevel=4)
+        return consumed, [tuple(x) for x in json.loads(extra["skipped"])]
+
+    def save(self, stats: Stats, consumed: int, skipped: list[tuple[str, str]]) -> None:
+        import json
+
+        stats.save(self.path, extra={"fingerprint": self.fingerprint, "consumed": str(consumed),
+                                     "skipped": json.dumps(skipped)})
+
+    def remove(self) -> None:
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
 def _stats_of(source: MapSource | GeneratorSource, segmenter: Segmenter, options: RunOptions,
               world: World) -> Stats:
     """Statistics of the whole source: each rank segments its share, the sums are all-reduced."""
@@ -265,11 +332,25 @@ def _stats_of(source: MapSource | GeneratorSource, segmenter: Segmenter, options
     skipped: list[tuple[str, str]] = []
 
     def local() -> Stats:
-        description, counts = _segment_counts(source, segmenter, options, world, skipped)
-        stats = Stats(_meta_for(segmenter, description), pixels_per_image=h * w)
-        for batch_counts, _ in counts:
+        plan = _plan(source, options, world)
+        stats = Stats(_meta_for(segmenter, plan.description), pixels_per_image=h * w)
+        checkpoint, start = None, 0
+        if options.checkpoint is not None:
+            if world.size > 1:
+                raise InputError("checkpoint= (resuming) works in a single process, not under torch.distributed")
+            checkpoint = _Checkpoint(options.checkpoint, plan, stats.meta, options, options.checkpoint_every)
+            start, restored = checkpoint.load(stats)
+            skipped.extend(restored)
+        consumed, last_saved = start, start
+        for batch_counts, _ in _segment_counts(plan, segmenter, options, world, skipped, start):
             stats.update(batch_counts)
+            consumed = stats.n + len(skipped)  # images done so far, restored ones included
+            if checkpoint is not None and consumed - last_saved >= checkpoint.every:
+                checkpoint.save(stats, consumed, skipped)
+                last_saved = consumed
         stats.skipped = tuple(skipped)
+        if checkpoint is not None:
+            checkpoint.remove()
         return stats
 
     stats = reduce_stats(run_on_all_ranks(world, local), world)
@@ -301,6 +382,8 @@ def compute_stats(
     progress: bool = True,
     skip_bad_images: bool = False,
     distributed: bool | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1000,
 ) -> Stats:
     """Statistics of one source: a folder of images, a saved ``.npz`` or baseline name (returned as
     loaded), a `GeneratorSource`, or ``generator=G`` (see `fsd.generators` for ``z_dim``, ``z_sampler``,
@@ -310,10 +393,17 @@ def compute_stats(
     asking for more images than exist is an error), or is the number of samples of a generator, whose
     latents are seeded by ``seed``. ``distributed``: see `fsd.distributed.current_world`.
 
+    ``checkpoint``: a file where the exact partial sums are saved (atomically) every
+    ``checkpoint_every`` images. If the run is interrupted, the same call resumes from it; it is removed
+    when the run completes. A checkpoint of a different run (other images, subset, segmenter or options)
+    is refused with an error, never mixed in. Single process only.
+
     >>> stats = fsd.compute_stats(generator=G, z_dim=512, num_samples=10_000)  # doctest: +SKIP
     """
+    if checkpoint_every < 1:
+        raise InputError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
     options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress,
-                         skip_bad_images, distributed)
+                         skip_bad_images, distributed, checkpoint, checkpoint_every)
     source = _generator_side(source, generator, z_dim, z_sampler, value_range, output_hook, "source")
     world = current_world(distributed)
     (opened,), seg = _open_all([source], segmenter, options, world)
@@ -397,8 +487,7 @@ def class_percentages_of(
         raise InputError("saved statistics hold no per-image values; pass the images themselves")
     size = segmenter.preprocessing.size
     rows, ids, skipped = [], [], []
-    _, counts_iter = _segment_counts(opened, segmenter, options, SINGLE, skipped)
-    for counts, batch_ids in counts_iter:
+    for counts, batch_ids in _segment_counts(_plan(opened, options, SINGLE), segmenter, options, SINGLE, skipped):
         rows.append(counts)
         ids.extend(batch_ids)
     counts = np.concatenate(rows) if rows else np.zeros((0, len(segmenter.class_names)), np.int64)

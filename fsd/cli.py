@@ -195,7 +195,8 @@ def _generator_options(f):
                    "torch.export .pt2 file or a TorchScript file. Latents are seeded by --seed.")
 @_generator_options
 @click.option("--save-stats", nargs=2, type=click.Path(), metavar="SOURCE OUT.npz",
-              help="Compute the statistics of SOURCE and save them to OUT.npz instead of comparing.")
+              help="Compute the statistics of SOURCE and save them to OUT.npz instead of comparing. Progress is "
+                   "checkpointed to OUT.npz.partial every 1000 images; rerunning an interrupted command resumes.")
 @click.option("--device", help="torch device, e.g. cuda, cuda:1, cpu, mps. Default: cuda if available.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
@@ -261,7 +262,9 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                           skip_bad_images=skip_bad_images)
             if save_stats:
                 source, out = save_stats
-                stats = api.compute_stats(source, **common)
+                # A long run saves its exact partial sums next to OUT; rerunning resumes from them.
+                checkpoint = f"{out}.partial" if world.size == 1 else None
+                stats = api.compute_stats(source, checkpoint=checkpoint, **common)
                 if world.is_main:
                     stats.save(out)
                 if as_json:

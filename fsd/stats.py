@@ -72,7 +72,7 @@ class Stats:
         self.n = 0
         self.count_sum = np.zeros(c, dtype=np.int64)
         self.count_outer_sum = np.zeros((c, c), dtype=np.int64)
-        self.skipped: tuple[str, ...] = ()
+        self.skipped: tuple[tuple[str, str], ...] = ()  # (identity, reason) of images skipped as unreadable
 
     # -- accumulation -------------------------------------------------------------------------
     @property
@@ -154,17 +154,17 @@ class Stats:
         return int(np.count_nonzero(self.count_sum))
 
     # -- files ----------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, extra: dict[str, str] | None = None) -> None:
         """Write an ``.npz`` with pytorch-fid's ``mu``/``sigma`` plus ``n``, exact sums and metadata.
 
         Written to a temporary file next to the target and renamed, so an interrupted save never
-        leaves a partial file.
+        leaves a partial file. ``extra`` strings are stored as ``extra_<key>`` (see `read_extra`).
         """
         path = Path(path)
         arrays = {
             "format": np.array(FORMAT),
-            "mu": self.mu,
-            "sigma": self.sigma,
+            "mu": self.mu if self.n >= 1 else np.zeros(self.num_classes),
+            "sigma": self.sigma if self.n >= 2 else np.zeros((self.num_classes, self.num_classes)),
             "n": np.array(self.n, dtype=np.int64),
             "pixels_per_image": np.array(self.pixels_per_image, dtype=np.int64),
             "count_sum": self.count_sum,
@@ -174,6 +174,8 @@ class Stats:
         for f in fields(StatsMeta):
             if f.name != "class_names":
                 arrays[f.name] = np.array(getattr(self.meta, f.name), dtype=str)
+        for key, value in (extra or {}).items():
+            arrays[f"extra_{key}"] = np.array(value, dtype=str)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
         try:
@@ -215,6 +217,12 @@ class Stats:
         if stats.count_sum.shape != (c,) or stats.count_outer_sum.shape != (c, c):
             raise InputError(f"statistics file {path} is inconsistent: array shapes do not match {c} classes")
         return stats
+
+    @staticmethod
+    def read_extra(path: str | os.PathLike) -> dict[str, str]:
+        """The ``extra`` strings a file was saved with."""
+        with np.load(Path(path), allow_pickle=False) as data:
+            return {k[len("extra_"):]: str(data[k]) for k in data.files if k.startswith("extra_")}
 
     def __repr__(self) -> str:
         return (f"Stats(n={self.n}, classes={self.num_classes}, segmenter={self.meta.segmenter!r}, "
