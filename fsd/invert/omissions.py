@@ -1,0 +1,753 @@
+"""What a generator drops from real photos: per-image and per-folder omission tables, and the report.
+
+For each real photo x the generator's closest image G_f(r*) is found by layer inversion
+(`fsd.invert.invert_layer`). Both are segmented with the package's segmenter (object classes) and
+the per-class pixel percentages compared: ``difference = real % - reconstruction %``. A class with a
+large positive difference is something the generator could not draw in that photo.
+
+- `OmissionReport`: the percentages of N photos; per photo the classes lost (`lost_in`), over the
+  folder which classes are lost most often and by how much (`classes`), and the photos ranked by
+  how much of one class they lost (`photos_by_class`: "the photos where the generator dropped
+  people"). A class counts as *lost* in a photo when its difference is at least ``min_loss``
+  percentage points (1 by default); label 0 (no prediction) is never ranked.
+- `omissions_from_labels`: the report from label maps (any segmenter, or hand-made maps).
+- `invert_photos`: photos -> inversion -> segmentation, one `PhotoInversion` per photo.
+- `invert_folder`: all of it, written to an output folder:
+
+  ==================================  ===============================================================
+  ``DIR/reconstructions/<name>.png``  the reconstruction G_f(r*), at the generator's resolution
+  ``DIR/encoder_only/<name>.png``     the encoder's reconstruction G(E(x)) (step 0 of the inversion)
+  ``DIR/panels/<name>.png``           photo and reconstruction over their segmentations, legend
+  ``DIR/contact_sheet.png``           the panels of the first 100 photos in a grid
+  ``DIR/omissions.csv``               one row per class: how often and how much it was lost
+  ``DIR/omissions_by_photo.csv``      one row per (photo, class present in either segmentation)
+  ``DIR/omissions.json``              settings, the class table, per photo its lost classes and files
+  ``DIR/ranked_<class>-<id>.csv``     photos ranked by the loss of a chosen class (``rank_by``)
+  ``DIR/index.html``                  the panels and tables on one page, relative links, offline
+  ==================================  ===============================================================
+
+  ``<name>`` is the photo's file name without its extension (made unique with ``-2``, ``-3``, ...,
+  and limited to letters, digits, ``.``, ``_`` and ``-``).
+
+Photos are read with the segmenter's preprocessing (the paper's resize and centre crop to 256 px),
+and, when the generator makes another size, again at the generator's resolution for the inversion.
+Reconstructions are segmented as generated images are (`fsd.preprocess.quantize` to uint8, then the
+same resize), so their percentages compare with FSD's.
+
+Example (hand-made label maps with classes 0 "-", 1 "sky", 2 "person")::
+
+    >>> import torch
+    >>> real = torch.tensor([[[1, 1], [2, 2]]])       # half sky, half person
+    >>> recon = torch.tensor([[[1, 1], [1, 2]]])      # the person shrank to a quarter
+    >>> report = omissions_from_labels(real, recon, ["-", "sky", "person"], ids=["a.png"])
+    >>> [(c.name, c.real, c.reconstruction) for c in report.lost_in("a.png")]
+    [('person', 50.0, 25.0)]
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from fsd.errors import ImageReadError, InputError
+from fsd.generators import images_to_uint8, prepare_images
+from fsd.invert.inversion import InversionConfig, invert_layer, vgg16_relu4_2
+from fsd.invert.split import PROGGAN_SPLIT, LayerSplit
+from fsd.report import short_label
+from fsd.segmenters.base import Preprocessing, Segmenter, class_percentages
+from fsd.sources import MapSource, open_source
+
+__all__ = [
+    "LostClass",
+    "ClassOmission",
+    "PhotoRank",
+    "OmissionReport",
+    "find_class",
+    "omissions_from_labels",
+    "PhotoInversion",
+    "invert_photos",
+    "ReportOptions",
+    "OmissionFolder",
+    "invert_folder",
+    "output_names",
+]
+
+DEFAULT_MIN_LOSS = 1.0
+CLASS_CSV_COLUMNS = (
+    "rank", "index", "name", "photos_lost", "photos_present", "mean_loss_when_lost", "max_loss",
+    "mean_difference", "mean_real", "mean_reconstruction",
+)
+PHOTO_CSV_COLUMNS = ("photo", "name", "index", "class", "real", "reconstruction", "difference", "lost")
+
+
+@dataclass(frozen=True)
+class LostClass:
+    """One class in one photo: its pixel percentage in the photo and in the reconstruction."""
+
+    index: int
+    name: str
+    real: float
+    reconstruction: float
+
+    @property
+    def difference(self) -> float:
+        """``real - reconstruction``, in percentage points; positive: the reconstruction lost area."""
+        return self.real - self.reconstruction
+
+    @property
+    def label(self) -> str:
+        return short_label(self.name)
+
+    def to_record(self) -> dict[str, object]:
+        return {"index": self.index, "class": self.name, "real": self.real,
+                "reconstruction": self.reconstruction, "difference": self.difference}
+
+
+@dataclass(frozen=True)
+class ClassOmission:
+    """One class over all photos.
+
+    ``photos_lost``: photos where it was lost (difference >= ``min_loss``); ``photos_present``:
+    photos whose segmentation holds it; ``mean_loss_when_lost``: mean difference over the photos
+    where it was lost (0 if none); ``max_loss``: the largest difference; ``mean_difference``: mean
+    over all photos (negative when reconstructions add the class); ``mean_real`` /
+    ``mean_reconstruction``: mean percentages over all photos.
+    """
+
+    index: int
+    name: str
+    photos_lost: int
+    photos_present: int
+    mean_loss_when_lost: float
+    max_loss: float
+    mean_difference: float
+    mean_real: float
+    mean_reconstruction: float
+
+    @property
+    def label(self) -> str:
+        return short_label(self.name)
+
+    def to_record(self) -> dict[str, object]:
+        return {"index": self.index, "name": self.name, "photos_lost": self.photos_lost,
+                "photos_present": self.photos_present, "mean_loss_when_lost": self.mean_loss_when_lost,
+                "max_loss": self.max_loss, "mean_difference": self.mean_difference,
+                "mean_real": self.mean_real, "mean_reconstruction": self.mean_reconstruction}
+
+
+@dataclass(frozen=True)
+class PhotoRank:
+    """One photo in a ranking by one class."""
+
+    photo: str
+    position: int
+    real: float
+    reconstruction: float
+
+    @property
+    def difference(self) -> float:
+        return self.real - self.reconstruction
+
+
+def find_class(class_names: Sequence[str], cls: int | str) -> int:
+    """The index of a class given by index, full name, or first word (``"person"``); case-insensitive.
+
+    Raises `InputError` for an unknown or ambiguous name, listing similar names.
+    """
+    if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
+        if not 0 <= cls < len(class_names):
+            raise InputError(f"class index {cls} is out of range [0, {len(class_names)})")
+        return int(cls)
+    wanted = str(cls).strip().lower()
+    exact = [i for i, name in enumerate(class_names) if name.lower() == wanted]
+    if exact:
+        return exact[0]
+    by_label = [i for i, name in enumerate(class_names) if short_label(name).lower() == wanted]
+    if len(by_label) == 1:
+        return by_label[0]
+    if by_label:
+        raise InputError(
+            f"class {cls!r} is ambiguous: " + "; ".join(class_names[i] for i in by_label) + ". Give the full name"
+        )
+    close = [name for name in class_names if wanted and wanted in name.lower()][:8]
+    hint = f"; similar: {', '.join(close)}" if close else ""
+    raise InputError(f"no class {cls!r} among the segmenter's {len(class_names)} classes{hint}")
+
+
+@dataclass(frozen=True)
+class OmissionReport:
+    """Per-class pixel percentages of N photos and of their reconstructions, and what they say.
+
+    ``ids``: the photos' identities (paths); ``real`` and ``reconstruction``: float64 ``(N, C)``
+    percentages (each row sums to 100); ``min_loss``: the difference, in percentage points, from
+    which a class counts as lost in a photo.
+    """
+
+    ids: tuple[str, ...]
+    class_names: tuple[str, ...]
+    real: np.ndarray
+    reconstruction: np.ndarray
+    min_loss: float = DEFAULT_MIN_LOSS
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ids", tuple(str(i) for i in self.ids))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        real = np.asarray(self.real, dtype=np.float64)
+        reconstruction = np.asarray(self.reconstruction, dtype=np.float64)
+        shape = (len(self.ids), len(self.class_names))
+        if real.shape != shape or reconstruction.shape != shape:
+            raise InputError(
+                f"percentages must have shape (photos, classes) = {shape}, got {real.shape} "
+                f"and {reconstruction.shape}"
+            )
+        if len(set(self.ids)) != len(self.ids):
+            raise InputError("photo ids must be unique")
+        if not (math.isfinite(self.min_loss) and self.min_loss > 0):
+            raise InputError(f"min_loss must be a positive number of percentage points, got {self.min_loss}")
+        object.__setattr__(self, "real", real)
+        object.__setattr__(self, "reconstruction", reconstruction)
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def difference(self) -> np.ndarray:
+        """``real - reconstruction`` ``(N, C)``, in percentage points."""
+        return self.real - self.reconstruction
+
+    # -- lookups ----------------------------------------------------------------------------------
+    def photo_index(self, photo: int | str) -> int:
+        if isinstance(photo, (int, np.integer)) and not isinstance(photo, bool):
+            if not 0 <= photo < self.n:
+                raise InputError(f"photo index {photo} is out of range: the report holds {self.n} photos")
+            return int(photo)
+        try:
+            return self.ids.index(str(photo))
+        except ValueError:
+            raise InputError(f"no photo {photo!r} in the report") from None
+
+    def class_index(self, cls: int | str) -> int:
+        """A class by index, by full name, or by its first word (``"person"``); see `find_class`."""
+        return find_class(self.class_names, cls)
+
+    # -- per photo --------------------------------------------------------------------------------
+    def lost_in(self, photo: int | str, top_k: int | None = None) -> tuple[LostClass, ...]:
+        """The classes lost in one photo (difference >= ``min_loss``), largest difference first."""
+        k = self.photo_index(photo)
+        difference = self.real[k] - self.reconstruction[k]
+        order = sorted(
+            (c for c in range(1, len(self.class_names)) if difference[c] >= self.min_loss),
+            key=lambda c: (-difference[c], c),
+        )
+        rows = tuple(
+            LostClass(c, self.class_names[c], float(self.real[k, c]), float(self.reconstruction[k, c]))
+            for c in order
+        )
+        return rows if top_k is None else rows[:top_k]
+
+    def present_in(self, photo: int | str) -> tuple[LostClass, ...]:
+        """Every class present in the photo or its reconstruction, largest difference first."""
+        k = self.photo_index(photo)
+        difference = self.real[k] - self.reconstruction[k]
+        present = [c for c in range(len(self.class_names))
+                   if self.real[k, c] > 0 or self.reconstruction[k, c] > 0]
+        return tuple(
+            LostClass(c, self.class_names[c], float(self.real[k, c]), float(self.reconstruction[k, c]))
+            for c in sorted(present, key=lambda c: (-difference[c], c))
+        )
+
+    # -- over the folder --------------------------------------------------------------------------
+    def classes(self) -> tuple[ClassOmission, ...]:
+        """Classes present in some photo or reconstruction, lost most often first, then by how much."""
+        difference = self.difference
+        lost = difference >= self.min_loss
+        rows = []
+        for c in range(1, len(self.class_names)):
+            if not (self.real[:, c].any() or self.reconstruction[:, c].any()):
+                continue
+            count = int(lost[:, c].sum())
+            rows.append(
+                ClassOmission(
+                    index=c,
+                    name=self.class_names[c],
+                    photos_lost=count,
+                    photos_present=int((self.real[:, c] > 0).sum()),
+                    mean_loss_when_lost=float(difference[lost[:, c], c].mean()) if count else 0.0,
+                    max_loss=float(difference[:, c].max()) if self.n else 0.0,
+                    mean_difference=float(difference[:, c].mean()) if self.n else 0.0,
+                    mean_real=float(self.real[:, c].mean()) if self.n else 0.0,
+                    mean_reconstruction=float(self.reconstruction[:, c].mean()) if self.n else 0.0,
+                )
+            )
+        return tuple(sorted(rows, key=lambda r: (-r.photos_lost, -r.mean_loss_when_lost,
+                                                 -r.mean_difference, r.index)))
+
+    def photos_by_class(self, cls: int | str) -> tuple[PhotoRank, ...]:
+        """Every photo ranked by how much of class ``cls`` its reconstruction lost, most first.
+
+        Photos where the class appears in neither image come last (difference 0, in photo order).
+        """
+        c = self.class_index(cls)
+        difference = self.real[:, c] - self.reconstruction[:, c]
+        order = sorted(range(self.n), key=lambda k: (-difference[k], k))
+        return tuple(
+            PhotoRank(self.ids[k], position, float(self.real[k, c]), float(self.reconstruction[k, c]))
+            for position, k in enumerate(order, start=1)
+        )
+
+    # -- output -----------------------------------------------------------------------------------
+    def to_dict(self, names: Sequence[str] | None = None) -> dict[str, object]:
+        """JSON-able: settings, the class table, and per photo its lost classes (``names``: output names)."""
+        names = list(names) if names is not None else list(self.ids)
+        return {
+            "units": "percent of pixels; difference = real - reconstruction, in percentage points",
+            "min_loss": self.min_loss,
+            "n_photos": self.n,
+            "classes": [row.to_record() for row in self.classes()],
+            "photos": [
+                {"id": ident, "name": name, "lost": [c.to_record() for c in self.lost_in(k)]}
+                for k, (ident, name) in enumerate(zip(self.ids, names))
+            ],
+        }
+
+    def format_table(self, k: int = 20) -> str:
+        """The ``k`` classes lost most often, as an aligned text table."""
+        rows = [r for r in self.classes() if r.photos_lost > 0][:k]
+        if not rows:
+            return (f"no class lost {self.min_loss:g} or more percentage points in any of the "
+                    f"{self.n} photos")
+        headers = ("#", "class", "lost in", "mean loss", "max loss", "real %", "recon %")
+        body = [
+            (str(i), r.label[:28], f"{r.photos_lost}/{self.n}", f"{r.mean_loss_when_lost:.2f}",
+             f"{r.max_loss:.2f}", f"{r.mean_real:.2f}", f"{r.mean_reconstruction:.2f}")
+            for i, r in enumerate(rows, start=1)
+        ]
+        widths = [max(len(row[c]) for row in (headers, *body)) for c in range(len(headers))]
+
+        def line(row: tuple[str, ...]) -> str:
+            return "  ".join(v.ljust(w) if c == 1 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths)))
+
+        return "\n".join([
+            f"Classes lost most often ({self.n} photos; lost: at least {self.min_loss:g} percentage "
+            "points less in the reconstruction; losses in percentage points)",
+            line(headers),
+            "-" * len(line(headers)),
+            *(line(row) for row in body),
+        ])
+
+    def write_class_csv(self, path: str | os.PathLike[str]) -> None:
+        rows = [
+            [rank, r.index, r.name, r.photos_lost, r.photos_present, repr(r.mean_loss_when_lost),
+             repr(r.max_loss), repr(r.mean_difference), repr(r.mean_real), repr(r.mean_reconstruction)]
+            for rank, r in enumerate(self.classes(), start=1)
+        ]
+        _write_csv(Path(path), CLASS_CSV_COLUMNS, rows)
+
+    def write_photo_csv(self, path: str | os.PathLike[str], names: Sequence[str] | None = None) -> None:
+        names = list(names) if names is not None else list(self.ids)
+        rows = []
+        for k, (ident, name) in enumerate(zip(self.ids, names)):
+            for c in self.present_in(k):
+                rows.append([ident, name, c.index, c.name, repr(c.real), repr(c.reconstruction),
+                             repr(c.difference), int(c.difference >= self.min_loss)])
+        _write_csv(Path(path), PHOTO_CSV_COLUMNS, rows)
+
+    def write_ranking_csv(self, path: str | os.PathLike[str], cls: int | str,
+                          names: Sequence[str] | None = None) -> None:
+        names = dict(zip(self.ids, names if names is not None else self.ids))
+        rows = [[r.position, r.photo, names[r.photo], repr(r.real), repr(r.reconstruction), repr(r.difference)]
+                for r in self.photos_by_class(cls)]
+        _write_csv(Path(path), ("rank", "photo", "name", "real", "reconstruction", "difference"), rows)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    try:
+        _write_atomic(path, text.getvalue().encode("utf-8"))
+    except OSError as error:
+        raise InputError(f"cannot write {path}: {error}") from error
+
+
+def omissions_from_labels(
+    real_labels: torch.Tensor,
+    reconstruction_labels: torch.Tensor,
+    class_names: Sequence[str],
+    *,
+    ids: Sequence[str] | None = None,
+    min_loss: float = DEFAULT_MIN_LOSS,
+) -> OmissionReport:
+    """The report from label maps ``(N, H, W)`` of the photos and of their reconstructions."""
+    if real_labels.shape[0] != reconstruction_labels.shape[0] or real_labels.dim() != 3 \
+            or reconstruction_labels.dim() != 3:
+        raise InputError(
+            f"need label maps (N, H, W) for N photos and N reconstructions, got {tuple(real_labels.shape)} "
+            f"and {tuple(reconstruction_labels.shape)}"
+        )
+    count = len(class_names)
+    try:
+        real = class_percentages(real_labels.cpu(), count).numpy()
+        reconstruction = class_percentages(reconstruction_labels.cpu(), count).numpy()
+    except ValueError as error:
+        raise InputError(f"label maps do not fit {count} classes: {error}") from None
+    ids = list(ids) if ids is not None else [f"photo[{k}]" for k in range(real.shape[0])]
+    return OmissionReport(tuple(ids), tuple(class_names), real, reconstruction, min_loss)
+
+
+# -- running the inversion over photos --------------------------------------------------------------
+
+@dataclass
+class PhotoInversion:
+    """One photo's inversion and segmentations.
+
+    ``photo`` and ``reconstruction``: uint8 ``(S, S, 3)`` as segmented (S: the segmenter's size);
+    ``generated``: the reconstruction and ``encoder_only`` the step-0 reconstruction, uint8
+    ``(H, W, 3)`` at the generator's resolution; ``photo_labels`` / ``reconstruction_labels``: int64
+    ``(S, S)``; ``real`` / ``reconstructed``: float64 ``(C,)`` percentages; ``loss``: the inversion's
+    first and last total loss.
+    """
+
+    id: str
+    photo: np.ndarray
+    reconstruction: np.ndarray
+    generated: np.ndarray
+    encoder_only: np.ndarray
+    photo_labels: np.ndarray
+    reconstruction_labels: np.ndarray
+    real: np.ndarray
+    reconstructed: np.ndarray
+    loss: tuple[float, float]
+
+
+def _generator_resolution(generator: nn.Module, start: object) -> int | None:
+    resolution = getattr(generator, "resolution", None)
+    if isinstance(resolution, int) and not isinstance(resolution, bool):
+        return resolution
+    architecture = getattr(start, "architecture", None)
+    if isinstance(architecture, dict):
+        if architecture.get("kind") == "hybrid":
+            return 256
+        shape = architecture.get("image_shape")
+        if isinstance(shape, list) and len(shape) == 3 and shape[1] == shape[2]:
+            return int(shape[1])
+    return None
+
+
+def _hwc(images: torch.Tensor) -> np.ndarray:
+    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def invert_photos(
+    photos: object,
+    generator: nn.Module,
+    start: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    segmenter: Segmenter,
+    *,
+    split: LayerSplit = PROGGAN_SPLIT,
+    features: nn.Module | None = None,
+    config: InversionConfig = InversionConfig(),
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    resolution: int | None = None,
+    skip_bad_images: bool = False,
+    skipped: list[tuple[str, str]] | None = None,
+    progress: bool = True,
+) -> Iterator[PhotoInversion]:
+    """Invert and segment each photo, ``batch_size`` photos at a time (they are independent runs).
+
+    ``photos``: a folder or anything `fsd.sources.open_source` reads. ``start``: the encoder (image
+    -> latents). ``features``: the perceptual network (default torchvision's VGG16 to relu4_2,
+    loaded once). ``resolution``: the generator's output size, when neither the generator
+    (``resolution`` attribute) nor the encoder tells it; default: the segmenter's size.
+    Unreadable photos raise `ImageReadError`, or with ``skip_bad_images`` are appended to
+    ``skipped`` as ``(identity, reason)`` and left out.
+    """
+    source = open_source(photos)
+    if not isinstance(source, MapSource):
+        raise InputError("saved statistics hold no photos; pass a folder of photos")
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if segmenter.preprocessing.kind != "rgb":
+        raise InputError("the omission report needs an RGB segmenter (such as the default 'upp')")
+    seg_prep = segmenter.preprocessing
+    size = resolution or _generator_resolution(generator, start) or seg_prep.size
+    gen_prep = Preprocessing("rgb", size, seg_prep.resample)
+    if features is None:
+        features = vgg16_relu4_2(progress=progress)
+    skipped = skipped if skipped is not None else []
+    bar = tqdm(total=len(source), desc="photos", unit="photo", file=sys.stderr, disable=not progress)
+    try:
+        for first in range(0, len(source), batch_size):
+            ids, seen, inputs = [], [], []
+            for index in range(first, min(first + batch_size, len(source))):
+                try:
+                    as_segmented = source.read(index, seg_prep)
+                    as_input = as_segmented if gen_prep == seg_prep else source.read(index, gen_prep)
+                except ImageReadError as error:
+                    if not skip_bad_images:
+                        raise
+                    skipped.append((source.identity(index), error.reason))
+                    continue
+                ids.append(source.identity(index))
+                seen.append(torch.from_numpy(as_segmented))
+                inputs.append(torch.from_numpy(np.ascontiguousarray(as_input)))
+            if not ids:
+                bar.update(min(first + batch_size, len(source)) - first)
+                continue
+            real_uint8 = torch.stack(seen)
+            x = torch.stack(inputs).to(torch.float32) / 127.5 - 1
+            result = invert_layer(generator, x, start, split=split, features=features, config=config,
+                                  device=device, progress=progress)
+            generated = images_to_uint8(result.reconstruction, (-1.0, 1.0), "the reconstruction")
+            encoder_only = images_to_uint8(result.initial_reconstruction, (-1.0, 1.0),
+                                           "the encoder's reconstruction")
+            recon_uint8 = prepare_images(generated, seg_prep)
+            seg_device = segmenter.device
+            real_labels = segmenter.segment(real_uint8.to(seg_device)).cpu()
+            recon_labels = segmenter.segment(recon_uint8.to(seg_device)).cpu()
+            count = segmenter.num_classes
+            real_pct = class_percentages(real_labels, count).numpy()
+            recon_pct = class_percentages(recon_labels, count).numpy()
+            photo_hwc, recon_hwc = _hwc(real_uint8), _hwc(recon_uint8)
+            generated_hwc, encoder_hwc = _hwc(generated), _hwc(encoder_only)
+            for k, ident in enumerate(ids):
+                yield PhotoInversion(
+                    id=ident,
+                    photo=photo_hwc[k],
+                    reconstruction=recon_hwc[k],
+                    generated=generated_hwc[k],
+                    encoder_only=encoder_hwc[k],
+                    photo_labels=real_labels[k].numpy(),
+                    reconstruction_labels=recon_labels[k].numpy(),
+                    real=real_pct[k],
+                    reconstructed=recon_pct[k],
+                    loss=(float(result.losses.total[0, k]), float(result.losses.total[-1, k])),
+                )
+            bar.update(min(first + batch_size, len(source)) - first)
+    finally:
+        bar.close()
+
+
+# -- the output folder ------------------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def output_names(ids: Sequence[str]) -> list[str]:
+    """A unique, file-system-safe name per photo: its file name without extension (see module doc)."""
+    names: list[str] = []
+    used: set[str] = set()
+    for ident in ids:
+        base = os.path.basename(str(ident).replace("\\", "/").rstrip("/")) or "photo"
+        stem = os.path.splitext(base)[0] if "." in base[1:] else base
+        stem = _UNSAFE.sub("_", stem).strip("._") or "photo"
+        stem = stem[:80]
+        name, counter = stem, 2
+        while name.lower() in used:
+            name = f"{stem}-{counter}"
+            counter += 1
+        used.add(name.lower())
+        names.append(name)
+    return names
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """How the output folder is drawn and ranked.
+
+    ``min_loss``: percentage points from which a class counts as lost in a photo. ``legend_classes``:
+    classes in each panel's legend (the top ones by pixel count over both segmentations).
+    ``rank_by``: classes to rank the photos by (``ranked_<class>-<id>.csv`` and a section of the page).
+    ``contact_sheet_photos``: photos on the contact sheet (the first ones); ``columns``: its grid.
+    """
+
+    min_loss: float = DEFAULT_MIN_LOSS
+    legend_classes: int = 8
+    rank_by: tuple[str, ...] = ()
+    contact_sheet_photos: int = 100
+    columns: int = 4
+    title: str = "What the generator could not reconstruct"
+
+    def __post_init__(self) -> None:
+        if self.legend_classes < 1 or self.contact_sheet_photos < 1 or self.columns < 1:
+            raise InputError(
+                "ReportOptions.legend_classes, contact_sheet_photos and columns must be at least 1, got "
+                f"{self.legend_classes}, {self.contact_sheet_photos}, {self.columns}"
+            )
+        if not (math.isfinite(self.min_loss) and self.min_loss > 0):
+            raise InputError(f"ReportOptions.min_loss must be > 0 percentage points, got {self.min_loss}")
+
+
+@dataclass
+class OmissionFolder:
+    """What `invert_folder` wrote: the report, the photos' output names, and every file by role."""
+
+    report: OmissionReport
+    names: list[str]
+    files: dict[str, Path]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    _write_atomic(path, buffer.getvalue())
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir} exists and is not a folder; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise InputError(
+            f"{out_dir} already holds files; choose an empty or new folder, or pass overwrite=True "
+            "(--overwrite) to write into it"
+        )
+    for sub in ("reconstructions", "encoder_only", "panels"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+
+
+def invert_folder(
+    photos: object,
+    out_dir: str | os.PathLike[str],
+    *,
+    generator: nn.Module,
+    start: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    segmenter: Segmenter,
+    split: LayerSplit = PROGGAN_SPLIT,
+    features: nn.Module | None = None,
+    config: InversionConfig = InversionConfig(),
+    options: ReportOptions = ReportOptions(),
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    resolution: int | None = None,
+    skip_bad_images: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> OmissionFolder:
+    """Invert every photo, segment both images, and write the output folder (module docstring).
+
+    Arguments as `invert_photos`; ``options`` shapes the report; ``overwrite`` allows writing
+    into a folder that already holds files. Returns the report and the paths written.
+    """
+    from fsd.invert import pictures
+
+    out = Path(out_dir)
+    class_names = tuple(segmenter.class_names)
+    rank_classes = [find_class(class_names, c) for c in options.rank_by]  # fail before hours of inversion
+    _prepare_out_dir(out, overwrite)
+
+    ids: list[str] = []
+    real_rows: list[np.ndarray] = []
+    recon_rows: list[np.ndarray] = []
+    losses: list[tuple[float, float]] = []
+    thumbnails: list[Image.Image] = []
+    used_names: set[str] = set()
+    names: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for item in invert_photos(photos, generator, start, segmenter, split=split, features=features,
+                              config=config, batch_size=batch_size, device=device, resolution=resolution,
+                              skip_bad_images=skip_bad_images, skipped=skipped, progress=progress):
+        name = _unique(output_names([item.id])[0], used_names)
+        names.append(name)
+        ids.append(item.id)
+        real_rows.append(item.real)
+        recon_rows.append(item.reconstructed)
+        losses.append(item.loss)
+        _save_png(item.generated, out / "reconstructions" / f"{name}.png")
+        _save_png(item.encoder_only, out / "encoder_only" / f"{name}.png")
+        panel = pictures.panel(
+            item.photo, item.reconstruction, item.photo_labels, item.reconstruction_labels, class_names,
+            legend_classes=options.legend_classes, title=name,
+        )
+        _save_png(np.asarray(panel), out / "panels" / f"{name}.png")
+        if len(thumbnails) < options.contact_sheet_photos:
+            thumbnails.append(pictures.thumbnail(panel))
+    if skipped:
+        listing = "\n".join(f"  {ident}: {reason}" for ident, reason in skipped)
+        warnings.warn(f"skipped {len(skipped)} unreadable photo(s):\n{listing}", stacklevel=2)
+    if not ids:
+        raise InputError("no readable photos: nothing was inverted")
+
+    count = len(class_names)
+    report = OmissionReport(tuple(ids), class_names, np.stack(real_rows).reshape(-1, count),
+                            np.stack(recon_rows).reshape(-1, count), options.min_loss)
+    files: dict[str, Path] = {
+        "class_csv": out / "omissions.csv",
+        "photo_csv": out / "omissions_by_photo.csv",
+        "json": out / "omissions.json",
+        "contact_sheet": out / "contact_sheet.png",
+        "html": out / "index.html",
+    }
+    report.write_class_csv(files["class_csv"])
+    report.write_photo_csv(files["photo_csv"], names)
+    rankings: dict[int, str] = {}
+    for c in dict.fromkeys(rank_classes):
+        file_name = f"ranked_{output_names([short_label(class_names[c])])[0]}-{c}.csv"
+        report.write_ranking_csv(out / file_name, c, names)
+        files[f"ranked_{c}"] = out / file_name
+        rankings[c] = file_name
+    sheet = pictures.contact_sheet(thumbnails, names[: len(thumbnails)], columns=options.columns)
+    _save_png(np.asarray(sheet), files["contact_sheet"])
+
+    payload = report.to_dict(names)
+    for entry, name, (initial, final) in zip(payload["photos"], names, losses):
+        entry["files"] = {
+            "reconstruction": f"reconstructions/{name}.png",
+            "encoder_only": f"encoder_only/{name}.png",
+            "panel": f"panels/{name}.png",
+        }
+        entry["inversion_loss"] = {"initial": initial, "final": final}
+    payload["settings"] = {
+        "steps": config.steps,
+        "lr": config.lr,
+        "split": {"split_after": split.split_after, "offset_layers": list(split.offset_layers)},
+        "segmenter": getattr(segmenter, "name", type(segmenter).__name__),
+        "segmenter_weights": getattr(segmenter, "weights_id", ""),
+    }
+    payload["rankings"] = {class_names[c]: file_name for c, file_name in rankings.items()}
+    payload["skipped"] = [{"id": ident, "reason": reason} for ident, reason in skipped]
+    _write_atomic(files["json"], json.dumps(payload, indent=1, allow_nan=False).encode("utf-8"))
+    html = pictures.html_page(report, names, rankings=rankings, title=options.title,
+                              legend_classes=options.legend_classes)
+    _write_atomic(files["html"], html.encode("utf-8"))
+    return OmissionFolder(report=report, names=names, files=files, skipped=skipped)
+
+
+def _unique(name: str, used: set[str]) -> str:
+    candidate, counter = name, 2
+    while candidate.lower() in used:
+        candidate = f"{name}-{counter}"
+        counter += 1
+    used.add(candidate.lower())
+    return candidate
