@@ -40,6 +40,16 @@ class ColorSegmenter:
         return labels
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks run fastest on one thread; on a busy 2-core machine more threads spin and stall.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def color_segmenter():
     return ColorSegmenter()

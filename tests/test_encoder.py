@@ -26,12 +26,7 @@ from fsd.invert.encoder import (
 encoder_module = importlib.import_module("fsd.invert.encoder")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bn(prefix: str) -> list[str]:

@@ -23,13 +23,7 @@ from fsd.invert.split import LayerSplit
 Z_DIM = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks run fastest on one thread; with a busy machine, more threads spin and stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_generator(dtype: torch.dtype = torch.float32) -> ProGAN:

@@ -34,12 +34,7 @@ from tests.conftest import ColorSegmenter, write_folder
 CLASSES = ["-", "sky", "person", "car", "tree, arbor"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def label_map(counts: dict[int, int], side: int = 20) -> torch.Tensor:

@@ -26,12 +26,7 @@ from fsd.invert.train import (
 Z_DIM = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_proggan(channels=(16, 16, 16, 16, 8, 8)) -> ProGAN:
