@@ -47,7 +47,6 @@ import inspect
 import itertools
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._io import atomic_write, prepare_output_folder
 from .errors import InputError
 from .preprocess import prepare_array, quantize
 from .segmenters.base import Preprocessing
@@ -404,11 +404,7 @@ def save_samples(
     paths = [folder / sample_file_name(k, count) for k in range(count)]
 
     def check_folder() -> None:
-        if folder.exists() and not folder.is_dir():
-            raise InputError(f"{folder} exists and is not a folder; choose another output folder")
-        if folder.is_dir() and not overwrite and any(folder.iterdir()):
-            raise InputError(f"{folder} is not empty; choose an empty or new folder, or pass overwrite=True / --overwrite")
-        folder.mkdir(parents=True, exist_ok=True)
+        prepare_output_folder(folder, overwrite=overwrite, option="output folder")
 
     def write() -> None:
         mine = world.shard(range(count))
@@ -428,14 +424,7 @@ def save_samples(
 
 
 def _write_png(image: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(np.ascontiguousarray(image), mode="RGB").save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: Image.fromarray(np.ascontiguousarray(image), mode="RGB").save(handle, format="PNG"))
 
 
 # -- naming a generator on the command line ------------------------------------------------------------

@@ -44,7 +44,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 import types
 import urllib.error
 import urllib.request
@@ -54,6 +53,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from fsd._io import atomic_write_bytes, temporary_sibling
 from fsd.errors import DownloadError, InputError, WeightsError
 
 __all__ = ["RemoteFile", "Artifact", "cache_dir", "fetch", "fetch_file", "sha256_of"]
@@ -363,17 +363,9 @@ def _write_stamp(path: Path, sha: str) -> None:
     stat = path.stat()
     record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        atomic_write_bytes(_stamp_path(path), json.dumps(record).encode())
     except OSError:
-        return  # a read-only cache still works; its files are just re-checked each run
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(record, handle)
-        os.replace(tmp, _stamp_path(path))
-    except OSError:
-        pass
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        pass  # a read-only cache still works; its files are just re-checked each run
 
 
 def _download(
@@ -388,13 +380,11 @@ def _download(
             tried.append((url, f"skipped, server unreachable earlier: {unreachable[base]}"))
             continue
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".part", dir=folder)
-            os.close(fd)
+            tmp = temporary_sibling(dest)
         except OSError as err:
             raise WeightsError(
                 f"cannot write into cache folder {folder}: {err}. Set $FSD_CACHE_DIR to a writable folder"
             ) from err
-        tmp = Path(tmp_name)
         try:
             try:
                 sha = _stream(url, tmp, file.name, progress)

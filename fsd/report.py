@@ -24,13 +24,13 @@ import csv
 import io
 import math
 import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from ._io import atomic_write
 from .errors import InputError
 from .frechet import FrechetDistance, frechet_distance
 from .stats import Stats
@@ -105,19 +105,6 @@ def _sort_rows(rows: tuple[ClassRow, ...], key: str) -> tuple[ClassRow, ...]:
 
         return tuple(sorted(rows, key=relative_key))
     raise InputError(f"unknown sort key {key!r} for the class report; use one of {', '.join(SORT_KEYS)}")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file next to ``path`` and rename it, so no partial file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _fmt_signed_percent(value: float | None, fake: float) -> str:
@@ -235,7 +222,7 @@ class ClassReport:
             text.detach()
 
         try:
-            _atomic_write(path, write)
+            atomic_write(path, write)
         except OSError as exc:
             raise InputError(f"cannot write the class report CSV {path}: {exc}") from exc
 
@@ -413,6 +400,6 @@ def save_figure(fig: Figure, path: str | os.PathLike) -> None:
             f"{', '.join('.' + f for f in FIGURE_FORMATS)}"
         )
     try:
-        _atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=150))
+        atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=150))
     except OSError as exc:
         raise InputError(f"cannot write the figure {path}: {exc}") from exc

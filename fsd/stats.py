@@ -11,12 +11,12 @@ with the centering done exactly in integers. int64 sums hold up to 2**31 images 
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_write
 from .errors import IncompatibleStatsError, InputError
 
 FORMAT = "fsd-stats-1"
@@ -176,15 +176,7 @@ class Stats:
                 arrays[f.name] = np.array(getattr(self.meta, f.name), dtype=str)
         for key, value in (extra or {}).items():
             arrays[f"extra_{key}"] = np.array(value, dtype=str)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda handle: np.savez(handle, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Stats:

@@ -239,7 +239,7 @@ def test_save_samples_refuses_a_folder_with_files_unless_overwrite(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(InputError, match="not empty"):
+    with pytest.raises(InputError, match="already holds files"):
         fsd.save_samples(G, out, num_samples=3, progress=False)
     paths = fsd.save_samples(G, out, num_samples=3, progress=False, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["000000.png", "000001.png", "000002.png", "notes.txt"]

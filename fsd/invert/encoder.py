@@ -30,7 +30,6 @@ Example (the published encoder; needs the network or a folder holding
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
+from fsd._io import atomic_write
 from fsd.errors import InputError, WeightsError
 from fsd.hub import Artifact, RemoteFile, fetch_file
 from fsd.invert.proggan import PixelNorm
@@ -460,15 +460,7 @@ def save_encoder(encoder: LayerEncoder, path: str | os.PathLike[str]) -> Path:
 
 
 def _atomic_save(payload: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 # -- the published encoders ---------------------------------------------------------------------------

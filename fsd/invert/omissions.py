@@ -53,7 +53,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
+from fsd._io import atomic_write_bytes, prepare_output_folder
 from fsd.errors import ImageReadError, InputError
 from fsd.generators import images_to_uint8, prepare_images
 from fsd.invert.inversion import InversionConfig, invert_layer, vgg16_relu4_2
@@ -377,25 +377,13 @@ class OmissionReport:
         _write_csv(Path(path), ("rank", "photo", "name", "real", "reconstruction", "difference"), rows)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     writer.writerow(header)
     writer.writerows(rows)
     try:
-        _write_atomic(path, text.getvalue().encode("utf-8"))
+        atomic_write_bytes(path, text.getvalue().encode("utf-8"))
     except OSError as error:
         raise InputError(f"cannot write {path}: {error}") from error
 
@@ -622,17 +610,11 @@ class OmissionFolder:
 def _save_png(array: np.ndarray, path: Path) -> None:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
-    _write_atomic(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir} exists and is not a folder; choose another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError(
-            f"{out_dir} already holds files; choose an empty or new folder, or pass overwrite=True "
-            "(--overwrite) to write into it"
-        )
+    prepare_output_folder(out_dir, overwrite=overwrite)
     for sub in ("reconstructions", "encoder_only", "panels"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
 
@@ -737,10 +719,10 @@ def invert_folder(
     }
     payload["rankings"] = {class_names[c]: file_name for c, file_name in rankings.items()}
     payload["skipped"] = [{"id": ident, "reason": reason} for ident, reason in skipped]
-    _write_atomic(files["json"], json.dumps(payload, indent=1, allow_nan=False).encode("utf-8"))
+    atomic_write_bytes(files["json"], json.dumps(payload, indent=1, allow_nan=False).encode("utf-8"))
     html = pictures.html_page(report, names, rankings=rankings, title=options.title,
                               legend_classes=options.legend_classes)
-    _write_atomic(files["html"], html.encode("utf-8"))
+    atomic_write_bytes(files["html"], html.encode("utf-8"))
     return OmissionFolder(report=report, names=names, files=files, skipped=skipped)
 
 
