@@ -19,7 +19,7 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -435,7 +435,10 @@ def compute(
     """FSD between two sources (folders, saved ``.npz`` statistics, `Stats`, baseline names, generators).
 
     The fake side is ``fake`` or ``generator=G`` (sampled ``num_samples`` times; see `fsd.generators`).
-    ``num_samples`` applies to both sides: the subset of a file source, the sample count of a generator.
+    ``num_samples`` picks the paper's random subset of each file source; when the fake side is a
+    generator it is the generator's sample count only, and the real side is used whole, exactly as
+    comparing ``real`` with a folder of the generator's samples (subset the real side with
+    ``compute_stats(real, num_samples=...)`` and pass the `Stats`).
 
     >>> result = fsd.compute("real_images/", "generated/")  # doctest: +SKIP
     >>> result.fsd, result.mean_term, result.covariance_term  # doctest: +SKIP
@@ -446,7 +449,9 @@ def compute(
     fake = _generator_side(fake, generator, z_dim, z_sampler, value_range, output_hook, "fake")
     world = current_world(distributed)
     opened, seg = _open_all([real, fake], segmenter, options, world)
-    sides = [o if isinstance(o, Stats) else _stats_of(o, seg, options, world) for o in opened]
+    real_options = replace(options, num_samples=None) if isinstance(opened[1], GeneratorSource) else options
+    sides = [o if isinstance(o, Stats) else _stats_of(o, seg, side_options, world)
+             for o, side_options in zip(opened, (real_options, options))]
     return distance(*sides)
 
 

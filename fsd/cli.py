@@ -21,19 +21,19 @@ from . import __version__
 from .errors import FSDError, InputError
 
 
-class _DefaultToCompute(click.Group):
-    """``fsd REAL FAKE`` runs `compute`; ``fsd report ...`` runs a subcommand.
+class DefaultCommandGroup(click.Group):
+    """A group whose first argument names a subcommand only if it is one and is not an existing path;
+    anything else runs the ``default_command``. So ``fsd REAL FAKE`` runs ``compute``, ``fsd report ...``
+    runs ``report``, and a folder called ``report`` is still an image folder."""
 
-    The first argument names a subcommand only if it is one and is not an existing path, so a folder
-    called ``report`` is still an image folder.
-    """
+    default_command = "compute"
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         from pathlib import Path
 
         if args and args[0] not in ("--help", "-h", "--version"):
             if args[0] not in self.commands or Path(args[0]).exists():
-                args = ["compute", *args]
+                args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
 
@@ -74,7 +74,9 @@ def run_guarded(debug: bool, action: Callable[[], None]) -> None:
         raise  # usage errors: click prints them and exits with status 2
     except Exception as exc:
         if debug:
-            raise
+            import traceback
+
+            traceback.print_exc()  # the same exit status follows, with or without --debug
         _print_error(exc, rank)
         sys.exit(2 if isinstance(exc, InputError) else 1)
 
@@ -120,7 +122,7 @@ def _barrier() -> None:
     dist.barrier()
 
 
-@click.group(cls=_DefaultToCompute, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DefaultCommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="fsd")
 def cli() -> None:
     """Fréchet Segmentation Distance: what a generator fails to generate.
@@ -202,8 +204,8 @@ def _generator_options(f):
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Image decoding processes. Default: up to 8 on Linux, 0 elsewhere.")
 @click.option("--num-samples", "-n", type=click.IntRange(min=1), default=None,
-              help="Use a random subset of this many images per set (the paper: 10000); the number of samples "
-                   "of --generator.")
+              help="Use a random subset of this many images per set (the paper: 10000). With --generator: the "
+                   "number of samples, and REAL is used whole (as with a folder of the samples).")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="Seed of the subset choice, and of the latents of --generator.")
 @click.option("--weights-dir", type=click.Path(file_okay=False),
@@ -237,6 +239,9 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
             raise click.UsageError("give REAL and FAKE (or --save-stats SOURCE OUT.npz); see --help")
         if not generator_spec and (z_dim is not None or value_range != (-1.0, 1.0)):
             raise click.UsageError("--z-dim and --value-range apply to --generator")
+        if save_stats:
+            _check_stats_output(save_stats[1])
+        _check_outputs(report_csv, plot_path)
         with _torchrun_session(device):
             world = current_world()
             rank_device = local_device(device, world)
@@ -336,12 +341,15 @@ def sample_command(generator_spec, out_dir, num_samples, seed, z_dim, value_rang
 @click.option("--report-csv", type=click.Path(dir_okay=False), help="Write every class's row as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Write the paper's figure (PNG, PDF or SVG by extension; needs matplotlib).")
+@click.option("--weights-dir", type=click.Path(file_okay=False),
+              help="Folder of downloaded files, for the baseline names (their tally and labels.json).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def report_command(real, fake, top_k, sort, report_csv, plot_path, as_json, debug) -> None:
+def report_command(real, fake, top_k, sort, report_csv, plot_path, weights_dir, as_json, debug) -> None:
     """Score and per-class report from two saved statistics files or baseline names (no segmentation runs)."""
 
     def action() -> None:
+        _check_outputs(report_csv, plot_path)
         from pathlib import Path
 
         from . import api
@@ -350,7 +358,7 @@ def report_command(real, fake, top_k, sort, report_csv, plot_path, as_json, debu
 
         def load(path: str) -> Stats:
             if baseline_name(path) is not None:
-                return load_baseline(path)
+                return load_baseline(path, weights_dir=weights_dir)
             if not Path(path).is_file():
                 raise InputError(f"{path}: no such statistics file (nor a baseline name: lsun_church, lsun_bedroom)")
             return Stats.load(path)
@@ -395,29 +403,54 @@ def _make_segmenter(kind: str, num_classes: int | None, device, weights_dir, pro
     return load_segmenter("upp", device=device, weights_dir=weights_dir, progress=progress)
 
 
+def _check_stats_output(out: str) -> None:
+    from pathlib import Path
+
+    path = Path(out)
+    if path.suffix.lower() != ".npz":
+        raise InputError(f"--save-stats writes an .npz file: name it like {path.with_suffix('.npz')}")
+    if path.is_dir():
+        raise InputError(f"--save-stats: {path} is a folder; give a file name ending in .npz")
+    if not path.parent.is_dir():
+        raise InputError(f"--save-stats: folder {path.parent} does not exist")
+
+
+def _check_outputs(report_csv: str | None, plot_path: str | None) -> None:
+    """Refuse unwritable output paths before the expensive work, not after it."""
+    from pathlib import Path
+
+    if plot_path:
+        from .report import check_figure_path
+
+        check_figure_path(plot_path)
+    if report_csv and not Path(report_csv).parent.is_dir():
+        raise InputError(f"cannot write {report_csv}: folder {Path(report_csv).parent} does not exist")
+
+
 def _print_result(result, as_json: bool, show_report: bool, top_k: int, sort: str,
                   report_csv: str | None, plot_path: str | None) -> None:
+    """The score (and table) on stdout first, then the files, so a failing write never loses the score."""
     report = None
     if show_report or as_json or report_csv:
         from .report import class_report
 
         report = class_report(result.real, result.fake, sort=sort)
-    if plot_path:
-        from .report import plot_omissions, save_figure
-
-        save_figure(plot_omissions(result.real, result.fake, top_k=top_k, fsd=result.fsd), plot_path)
-    if report_csv:
-        report.to_csv(report_csv)
     if as_json:
         payload = result.to_dict()
         payload["report"] = report.to_dict()
         click.echo(json.dumps(payload, allow_nan=False))
-        return
-    click.echo(f"FSD: {result.fsd:.4f}  (mean term {result.mean_term:.4f}, "
-               f"covariance term {result.covariance_term:.4f})")
-    if show_report:
-        click.echo(report.summary())
-        click.echo(report.format_table(top_k))
+    else:
+        click.echo(f"FSD: {result.fsd:.4f}  (mean term {result.mean_term:.4f}, "
+                   f"covariance term {result.covariance_term:.4f})")
+        if show_report:
+            click.echo(report.summary())
+            click.echo(report.format_table(top_k))
+    if report_csv:
+        report.to_csv(report_csv)
+    if plot_path:
+        from .report import plot_omissions, save_figure
+
+        save_figure(plot_omissions(result.real, result.fake, top_k=top_k, fsd=result.fsd), plot_path)
 
 
 def main() -> None:

@@ -390,15 +390,30 @@ def plot_omissions(
     return fig
 
 
-def save_figure(fig: Figure, path: str | os.PathLike) -> None:
-    """Save a figure as PNG, PDF or SVG, chosen by the extension of ``path``; written atomically."""
-    path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
+def figure_format(path: str | os.PathLike) -> str:
+    """The format a figure path asks for (png, pdf or svg), or an `InputError` naming the path."""
+    fmt = Path(path).suffix.lower().lstrip(".")
     if fmt not in FIGURE_FORMATS:
         raise InputError(
             f"cannot tell the figure format of {path}: use a file name ending in "
             f"{', '.join('.' + f for f in FIGURE_FORMATS)}"
         )
+    return fmt
+
+
+def check_figure_path(path: str | os.PathLike) -> None:
+    """Fail early (before any segmentation runs) on a figure path that cannot be written."""
+    figure_format(path)
+    _figure_class()
+    parent = Path(path).parent
+    if not parent.is_dir():
+        raise InputError(f"cannot write the figure {path}: folder {parent} does not exist")
+
+
+def save_figure(fig: Figure, path: str | os.PathLike) -> None:
+    """Save a figure as PNG, PDF or SVG, chosen by the extension of ``path``; written atomically."""
+    path = Path(path)
+    fmt = figure_format(path)
     try:
         atomic_write(path, lambda fh: fig.savefig(fh, format=fmt, dpi=150))
     except OSError as exc:

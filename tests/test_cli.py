@@ -97,9 +97,10 @@ def test_bad_image_exit_2_and_skip_option(tmp_path):
     assert result.stdout.startswith("FSD: ")
 
 
-def test_debug_shows_the_traceback(tmp_path):
+def test_debug_shows_the_traceback_and_keeps_the_exit_status(tmp_path):
     result = run([tmp_path / "a", tmp_path / "b", "--debug", *LABELMAP])
-    assert result.exit_code != 0 and result.exception is not None
+    assert result.exit_code == 2
+    assert "Traceback (most recent call last)" in result.stderr and "InputError" in result.stderr
 
 
 def test_missing_weights_exit_1_with_instructions(tmp_path, monkeypatch):

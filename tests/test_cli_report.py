@@ -73,3 +73,35 @@ def test_report_subcommand_from_saved_statistics_with_plot(folders, tmp_path):
         assert image.size[0] > 300 and image.size[1] > 200
     bad = run(["report", tmp_path / "r.npz", tmp_path / "f.npz", "--plot", tmp_path / "fig.gif"])
     assert bad.exit_code == 2 and "gif" in bad.stderr
+
+
+def test_bad_output_paths_fail_before_any_work(folders, tmp_path, monkeypatch):
+    real, fake = folders
+    import fsd.api
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("segmentation ran before the output paths were checked")
+
+    (real.parent / "dir.npz").mkdir()
+    monkeypatch.setattr(fsd.api, "compute", no_work)
+    monkeypatch.setattr(fsd.api, "compute_stats", no_work)
+    for args, message in [
+        ([real, fake, *ARGS, "--plot", tmp_path / "fig.jpg"], "figure format"),
+        ([real, fake, *ARGS, "--report-csv", tmp_path / "missing" / "x.csv"], "does not exist"),
+        (["--save-stats", real, tmp_path / "stats.bin", *ARGS], "name it like"),
+        (["--save-stats", real, real.parent / "dir.npz", *ARGS], "is a folder"),
+    ]:
+        result = run(args)
+        assert result.exit_code == 2 and message in result.stderr, (args, result.output)
+
+
+def test_the_score_is_printed_before_files_are_written(folders, tmp_path, monkeypatch):
+    real, fake = folders
+    import fsd.report
+
+    def failing_csv(self, path):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fsd.report.ClassReport, "to_csv", failing_csv)
+    result = run([real, fake, *ARGS, "--report-csv", tmp_path / "x.csv"])
+    assert result.exit_code == 1 and result.stdout.startswith("FSD: ") and "disk full" in result.stderr

@@ -265,7 +265,7 @@ def test_cli_sample_then_compute_from_the_folder_and_the_generator(tmp_path, mon
     monkeypatch.setattr(fsd.cli, "_make_segmenter", lambda *args, **kwargs: ColorSegmenter(32))
     common = ["-n", "5", "--seed", "3", "-q", "--num-workers", "0", "--device", "cpu", "--json"]
     by_generator = CliRunner().invoke(fsd.cli.cli, [str(real), "--generator", spec, *common])
-    by_folder = CliRunner().invoke(fsd.cli.cli, [str(real), str(tmp_path / "s"), *common])
+    by_folder = CliRunner().invoke(fsd.cli.cli, [str(real), str(tmp_path / "s"), *common[2:]])  # no -n: all 5
     assert by_generator.exit_code == 0, by_generator.output
     assert json.loads(by_generator.stdout)["fsd"] == json.loads(by_folder.stdout)["fsd"]
 
@@ -298,3 +298,16 @@ def test_load_generator_specs(tmp_path):
                           ("justaname", "cannot tell")):
         with pytest.raises(InputError, match=message):
             load_generator(spec)
+
+
+def test_num_samples_counts_generator_samples_and_leaves_the_real_side_whole(tmp_path, image_folders):
+    """compute(real, generator=G, num_samples=N) == compute(real, folder of N samples of G)."""
+    real, _ = image_folders
+    G = ToyGenerator(40, 40)
+    segmenter = ColorSegmenter()
+    direct = fsd.compute(real, generator=G, z_dim=G.z_dim, num_samples=20, segmenter=segmenter,
+                         num_workers=0, progress=False)
+    fsd.save_samples(G, tmp_path / "samples", num_samples=20, z_dim=G.z_dim, progress=False)
+    via_folder = fsd.compute(real, tmp_path / "samples", segmenter=segmenter, num_workers=0, progress=False)
+    assert direct.real.n == 12 and direct.fake.n == 20  # more samples than real images is fine
+    assert direct.fsd == via_folder.fsd

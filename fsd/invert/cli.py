@@ -16,19 +16,15 @@ from pathlib import Path
 
 import click
 
-from fsd.cli import run_guarded
+from fsd.cli import DefaultCommandGroup, run_guarded
 from fsd.errors import InputError, WeightsError
 
 
-class _DefaultToInvert(click.Group):
+class _DefaultToInvert(DefaultCommandGroup):
     """``python -m fsd.invert PHOTOS ...`` runs ``invert``; a first argument naming a subcommand runs it,
     unless a file or folder of that name exists (then it is the photos)."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in ("--help", "-h"):
-            if args[0] not in self.commands or Path(args[0]).exists():
-                args = ["invert", *args]
-        return super().parse_args(ctx, args)
+    default_command = "invert"
 
 
 @click.group(cls=_DefaultToInvert, context_settings={"help_option_names": ["-h", "--help"]})
