@@ -116,7 +116,8 @@ def load_segmenter(
         return UPPSegmenter.from_pretrained(weights_dir=weights_dir, device=device, progress=progress)
     if isinstance(segmenter, str):
         raise InputError(f"unknown segmenter {segmenter!r}; use 'upp' or pass a Segmenter object")
-    missing = [a for a in ("class_names", "name", "weights_id", "preprocessing", "segment") if not hasattr(segmenter, a)]
+    missing = [a for a in ("class_names", "num_classes", "name", "weights_id", "preprocessing", "device", "segment")
+               if not hasattr(segmenter, a)]
     if missing:
         raise InputError(f"segmenter {segmenter!r} lacks {', '.join(missing)} (see fsd.segmenters.base.Segmenter)")
     return segmenter
@@ -298,8 +299,6 @@ class _Checkpoint:
 
     def load(self, stats: Stats) -> tuple[int, list[tuple[str, str]]]:
         """Restore into the empty ``stats``; returns (images consumed, images skipped)."""
-        import json
-
         if not os.path.exists(self.path):
             return 0, []
         extra = Stats.read_extra(self.path)
@@ -312,13 +311,11 @@ class _Checkpoint:
         stats.merge(saved)
         consumed = int(extra["consumed"])
         warnings.warn(f"resuming from checkpoint {self.path}: {consumed} images already done", stacklevel=4)
-        return consumed, [tuple(x) for x in json.loads(extra["skipped"])]
+        return consumed, list(saved.skipped)
 
     def save(self, stats: Stats, consumed: int, skipped: list[tuple[str, str]]) -> None:
-        import json
-
-        stats.save(self.path, extra={"fingerprint": self.fingerprint, "consumed": str(consumed),
-                                     "skipped": json.dumps(skipped)})
+        stats.skipped = tuple(skipped)
+        stats.save(self.path, extra={"fingerprint": self.fingerprint, "consumed": str(consumed)})
 
     def remove(self) -> None:
         if os.path.exists(self.path):

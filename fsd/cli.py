@@ -411,8 +411,6 @@ def _check_stats_output(out: str) -> None:
         raise InputError(f"--save-stats writes an .npz file: name it like {path.with_suffix('.npz')}")
     if path.is_dir():
         raise InputError(f"--save-stats: {path} is a folder; give a file name ending in .npz")
-    if not path.parent.is_dir():
-        raise InputError(f"--save-stats: folder {path.parent} does not exist")
 
 
 def _check_outputs(report_csv: str | None, plot_path: str | None) -> None:

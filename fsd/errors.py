@@ -31,5 +31,9 @@ class WeightsError(FSDError):
     """Model weights are missing, fail verification, or do not fit the architecture."""
 
 
+class WeightsFolderError(WeightsError, InputError):
+    """A weights folder the user named does not exist: bad input (exit status 2) and a weights problem."""
+
+
 class DownloadError(WeightsError):
     """Every mirror failed. The message lists the URLs tried and where to put the files by hand."""

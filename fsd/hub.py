@@ -54,7 +54,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from fsd._io import atomic_write_bytes, temporary_sibling
-from fsd.errors import DownloadError, InputError, WeightsError
+from fsd.errors import DownloadError, InputError, WeightsError, WeightsFolderError
 
 __all__ = ["RemoteFile", "Artifact", "cache_dir", "fetch", "fetch_file", "sha256_of"]
 
@@ -226,7 +226,7 @@ def _offline(offline: bool | None) -> bool:
 
 def _from_user_folder(artifact: Artifact, names: list[str], root: Path) -> Path:
     if not root.is_dir():
-        raise WeightsError(
+        raise WeightsFolderError(
             f"weights folder {root} does not exist or is not a folder (from weights_dir / --weights-dir / "
             f"$FSD_WEIGHTS_DIR); it should hold {artifact.name}/<file> for: {', '.join(names)}"
         )

@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from .distributed import all_reduce_sum, current_world, pack_sums, unpack_sums
+from .distributed import all_reduce_sum, current_world, pack_sums, run_on_all_ranks, unpack_sums
 from .errors import InputError
 from .generators import DEFAULT_VALUE_RANGE, ValueRange, images_to_uint8, parse_value_range, prepare_images
 from .segmenters.base import Segmenter, class_counts
@@ -68,8 +68,11 @@ class FSDMetric(torch.nn.Module):
         options = RunOptions(device=device, batch_size=batch_size, num_workers=num_workers,
                              weights_dir=weights_dir, progress=progress)
         world = current_world(None)
+        # One step on all ranks: a rank that fails to load or open raises on every rank, none hangs.
+        loaded, opened = run_on_all_ranks(
+            world, lambda: (_run_segmenter(segmenter, options, world), None if real is None else _open(real, options)))
         # Kept out of the module tree on purpose: .train(), .to() and state_dict() never reach it.
-        self.__dict__["segmenter"] = _run_segmenter(segmenter, options, world)
+        self.__dict__["segmenter"] = loaded
         seg = self.segmenter
         if seg.preprocessing.kind != "rgb":
             raise InputError(f"FSDMetric needs a segmenter of RGB images; {seg.name} reads {seg.preprocessing.kind!r}")
@@ -83,8 +86,7 @@ class FSDMetric(torch.nn.Module):
             self.register_buffer(f"{side}_count_sum", torch.zeros(c, dtype=torch.int64))
             self.register_buffer(f"{side}_count_outer_sum", torch.zeros((c, c), dtype=torch.int64))
         self.reference: Stats | None = None
-        if real is not None:
-            opened = _open(real, options)
+        if opened is not None:
             reference = opened if isinstance(opened, Stats) else _stats_of(opened, seg, options, world)
             reference.meta.check_comparable(self._meta["real"], ("the real statistics", "this metric's segmenter"))
             if reference.pixels_per_image != self.pixels_per_image:

@@ -132,12 +132,13 @@ def quantize(images: torch.Tensor, value_range: tuple[float, float] | None) -> t
     The one rule for every float input (generator outputs, float arrays and tensors), so sampling a
     generator and reading its samples back from PNG files give identical statistics. Values a little
     outside the range (up to 10% of its width) are clipped; NaN, infinity, or values far outside the
-    declared range are errors, since they mean the range was declared wrongly.
+    declared range are errors, since they mean the range was declared wrongly. uint8 images are
+    already quantized and pass through whatever the range (0..255 is their only meaning).
     """
-    if value_range is None:
-        if images.dtype != torch.uint8:
-            raise InputError(f"expected uint8 images for value_range=None, got {images.dtype}")
+    if images.dtype == torch.uint8:
         return images
+    if value_range is None:
+        raise InputError(f"expected uint8 images for value_range=None, got {images.dtype}")
     if not images.dtype.is_floating_point:
         raise InputError(f"images of dtype {images.dtype} need value_range=None (uint8) or float values")
     finite = bool(torch.isfinite(images).all())

@@ -235,7 +235,8 @@ def list_images(root: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTEN
             entries = list(os.scandir(directory))
         except OSError as exc:
             raise InputError(f"cannot list folder {directory}: {exc.strerror or exc}") from exc
-        stack.extend(e.path for e in entries if _is_dir(e))
+        # Sorted, so when links make one folder reachable by two paths, the same path claims it everywhere.
+        stack.extend(sorted((e.path for e in entries if _is_dir(e)), reverse=True))
         files_of[directory] = sorted(e.name for e in entries if e.name.lower().endswith(exts) and not _is_dir(e))
     files: list[str] = []
     for directory in sorted(files_of):
@@ -808,18 +809,22 @@ class _Reader(torch.utils.data.Dataset):
     """Reads one image per call and never raises: ``(array | None, index, error | None, fatal)``.
 
     ``current`` (shared memory, one row per worker) holds ``(pid, index)`` of the image each worker is
-    decoding, so a worker that dies can be blamed on its image.
+    decoding, so a worker that dies can be blamed on its image. Images in ``known_bad`` (those that
+    killed a worker) are reported with their reason, in their place in the order, without reading them.
     """
 
     def __init__(self, source: MapSource, indices: Sequence[int], preprocessing: Preprocessing,
-                 current: torch.Tensor | None):
+                 current: torch.Tensor | None, known_bad: dict[int, str]):
         self.source, self.indices, self.preprocessing, self.current = source, indices, preprocessing, current
+        self.known_bad = known_bad
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, k: int):
         index = self.indices[k]
+        if index in self.known_bad:
+            return None, index, self.known_bad[index], False
         worker = torch.utils.data.get_worker_info() if self.current is not None else None
         if worker is not None:
             self.current[worker.id, 0] = os.getpid()
@@ -896,11 +901,12 @@ def iterate_batches(
     if num_workers < 0:
         raise InputError(f"num_workers must be >= 0, got {num_workers}")
     remaining = list(indices)
+    known_bad: dict[int, str] = {}
     restarts = 0
     while remaining:
         current = torch.full((num_workers, 2), -1, dtype=torch.int64).share_memory_() if num_workers else None
         loader = torch.utils.data.DataLoader(
-            _Reader(source, remaining, preprocessing, current),
+            _Reader(source, remaining, preprocessing, current, known_bad),
             batch_size=batch_size,
             num_workers=num_workers,
             collate_fn=_collate,
@@ -936,8 +942,10 @@ def iterate_batches(
                 if restarts > _MAX_WORKER_RESTARTS:
                     raise InputError(f"image-decoding worker processes died {restarts} times (last: {exc}); "
                                      "this is more likely the machine (memory) than the files") from exc
-                skipped.append((source.identity(culprit), reason))
-                remaining = [i for i in remaining[done:] if i != culprit]
+                # Reported when the reading order reaches it (workers read ahead), so `skipped` and the
+                # yielded images always cover a prefix of `indices`: what resuming relies on.
+                known_bad[culprit] = reason
+                remaining = remaining[done:]
                 break
             for index, reason, fatal in bad:
                 if fatal:

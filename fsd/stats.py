@@ -10,6 +10,7 @@ with the centering done exactly in integers. int64 sums hold up to 2**31 images 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -170,6 +171,7 @@ class Stats:
             "count_sum": self.count_sum,
             "count_outer_sum": self.count_outer_sum,
             "class_names": np.array(self.meta.class_names, dtype=str),
+            "skipped": np.array(json.dumps([list(item) for item in self.skipped])),
         }
         for f in fields(StatsMeta):
             if f.name != "class_names":
@@ -201,6 +203,8 @@ class Stats:
                 stats.n = int(data["n"])
                 stats.count_sum = data["count_sum"].astype(np.int64)
                 stats.count_outer_sum = data["count_outer_sum"].astype(np.int64)
+                if "skipped" in keys:
+                    stats.skipped = tuple((str(a), str(b)) for a, b in json.loads(str(data["skipped"])))
         except (OSError, ValueError, KeyError) as exc:
             if isinstance(exc, InputError):
                 raise

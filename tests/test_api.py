@@ -139,3 +139,15 @@ def test_unknown_source_kinds_are_clear_errors(tmp_path, color_segmenter):
     (tmp_path / "x.txt").write_text("hi")
     with pytest.raises(InputError, match="x.txt"):
         fsd.compute_stats(tmp_path / "x.txt", segmenter=color_segmenter)
+
+
+def test_a_segmenter_missing_part_of_the_protocol_is_named(image_folders):
+    class NoDevice:
+        class_names, num_classes, name, weights_id = ["-", "a"], 2, "x", "none"
+        preprocessing = fsd.Preprocessing()
+
+        def segment(self, images):
+            return images[:, 0].long() * 0
+
+    with pytest.raises(InputError, match="lacks device"):
+        fsd.compute_stats(image_folders[0], segmenter=NoDevice(), progress=False)

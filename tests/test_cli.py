@@ -111,3 +111,9 @@ def test_missing_weights_exit_1_with_instructions(tmp_path, monkeypatch):
     result = run([real, fake, "-q", "--device", "cpu"])
     assert result.exit_code == 1, result.output
     assert "encoder_epoch_40.pth" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_missing_weights_folder_is_bad_input(tmp_path):
+    real, fake = label_folders(tmp_path)
+    result = run([real, fake, "-q", "--device", "cpu", "--weights-dir", tmp_path / "nowhere"])
+    assert result.exit_code == 2 and "nowhere" in result.stderr and "does not exist" in result.stderr

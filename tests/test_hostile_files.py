@@ -384,6 +384,22 @@ def test_a_dying_worker_is_blamed_on_its_image(tmp_path):
     assert torch.cat(arrays)[:, 0, 0, 0].tolist() == [i for i in range(12) if i != 5]
 
 
+def test_after_a_dying_worker_read_and_skipped_images_stay_a_prefix(tmp_path):
+    """Workers read ahead, so the image that killed one may lie beyond images not yet yielded. It is
+    reported when the order reaches it: at every batch, read + skipped images are the first k (what
+    resuming from a checkpoint counts on)."""
+    source = CrashingSource(16, crash_at=9)
+    skipped: list[tuple[str, str]] = []
+    seen: list[str] = []
+    with deadline(60):
+        for batch in iterate_batches(source, range(16), SMALL, batch_size=2, num_workers=2,
+                                     skip_bad_images=True, skipped=skipped):
+            seen.extend(batch.ids)
+            done = sorted(seen + [p for p, _ in skipped], key=lambda name: int(name[4:-4]))
+            assert done == [f"item{i}.png" for i in range(len(done))]
+    assert [p for p, _ in skipped] == ["item9.png"] and len(seen) == 15
+
+
 class InterruptingSource(MapSource):
     """Ctrl-C arrives while image ``at`` is being read (in the main process)."""
 

@@ -154,3 +154,17 @@ def test_incompatible_reference_and_bad_images_are_clear_errors(data, tmp_path):
     assert int(metric.fake_n) == 0  # nothing half-added
     with pytest.raises(InputError, match="RGB"):
         fsd.FSDMetric(fsd.LabelMapSegmenter(3))
+
+
+def test_uint8_real_images_and_float_fake_images_in_one_metric(tmp_path):
+    """uint8 batches pass through whatever value_range says, so one metric takes both kinds."""
+    rng = np.random.default_rng(5)
+    real_u8 = torch.from_numpy(rng.integers(0, 256, (6, 3, 32, 32), dtype=np.uint8))
+    fake = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    metric = fsd.FSDMetric(ColorSegmenter(32))  # default value_range (-1, 1)
+    metric.update(real_u8, real=True)
+    metric.update(fake, real=False)
+    separate = fsd.FSDMetric(ColorSegmenter(32), value_range="uint8")
+    separate.update(real_u8, real=True)
+    assert np.array_equal(metric.side_stats("real").count_outer_sum, separate.side_stats("real").count_outer_sum)
+    assert np.isfinite(metric.compute().fsd)

@@ -96,3 +96,17 @@ def test_unreadable_image_names_the_file_or_is_skipped(tmp_path):
                                    skip_bad_images=True, skipped=skipped))
     assert [b.ids for b in batches] == [[str(tmp_path / "good.png")]]
     assert len(skipped) == 1 and skipped[0][0].endswith("bad.jpg")
+
+
+def test_a_folder_reached_by_two_paths_is_listed_once_under_a_fixed_one(tmp_path, monkeypatch):
+    touch_image(tmp_path / "b" / "img.png")
+    os.symlink(tmp_path / "b", tmp_path / "a")  # "a" sorts first: it claims the folder
+    expected = [os.path.join(str(tmp_path), "a", "img.png")]
+    assert list_images(tmp_path) == expected
+    real_scandir = os.scandir
+
+    def reversed_scandir(path):  # a filesystem that lists entries in another order
+        return iter(sorted(real_scandir(path), key=lambda e: e.name, reverse=True))
+
+    monkeypatch.setattr(os, "scandir", reversed_scandir)
+    assert list_images(tmp_path) == expected

@@ -105,7 +105,7 @@ def test_npz_round_trip_keeps_everything(tmp_path):
     s.save(path)
     assert [p.name for p in path.parent.iterdir()] == ["stats.npz"]  # no temp file left
     loaded = Stats.load(path)
-    assert loaded.meta == s.meta and loaded.n == 30
+    assert loaded.meta == s.meta and loaded.n == 30 and loaded.skipped == ()
     assert np.array_equal(loaded.sigma, s.sigma) and np.array_equal(loaded.mu, s.mu)
     with np.load(path) as data:  # pytorch-fid's tools read mu and sigma
         np.testing.assert_array_equal(data["mu"], s.mu)
@@ -136,3 +136,10 @@ def test_loading_foreign_npz_is_a_clear_error(tmp_path):
     garbage.write_bytes(b"not a zip file at all")
     with pytest.raises(InputError, match="garbage.npz"):
         Stats.load(garbage)
+
+
+def test_the_list_of_skipped_images_is_saved(tmp_path):
+    s = stats_of(random_counts(np.random.default_rng(5), 3))
+    s.skipped = (("photos/bad ü.jpg", "image file is truncated"),)
+    s.save(tmp_path / "s.npz")
+    assert Stats.load(tmp_path / "s.npz").skipped == s.skipped
