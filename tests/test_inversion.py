@@ -286,3 +286,12 @@ def test_inversion_on_cuda_matches_cpu():
     assert next(generator.parameters()).device.type == "cuda"
     assert gpu.reconstruction.device.type == "cpu"
     np.testing.assert_allclose(gpu.losses.total, cpu.losses.total, rtol=1e-3, atol=1e-5)
+
+
+def test_a_split_without_offset_layers_is_refused():
+    G = tiny_generator()
+    z = torch.randn(1, Z_DIM, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = G(z)
+    with pytest.raises(InputError, match="no offset layers"):
+        invert_layer(G, x, z, split=LayerSplit("layer4", ()), features=nn.Identity(), progress=False)

@@ -133,3 +133,10 @@ def test_module_entry_point():
                           cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert done.returncode == 0, done.stderr
     assert "train-encoder" in done.stdout and "PHOTOS" in done.stdout
+
+
+def test_split_after_without_offset_layers_is_a_usage_error(workspace):
+    root, _ = workspace
+    result = run([root / "photos", "--generator", root / "generator.pth", "--encoder", root / "encoder.pth",
+                  "--out", root / "never", "--split-after", "layer4", "-q"])
+    assert result.exit_code == 2 and "--offset-layers" in result.output and not (root / "never").exists()

@@ -80,6 +80,9 @@ def _parse_split(split_after: str | None, offset_layers: str | None):
             raise click.UsageError("--offset-layers needs --split-after")
         return PROGGAN_SPLIT
     layers = tuple(name.strip() for name in offset_layers.split(",") if name.strip()) if offset_layers else ()
+    if not layers:
+        raise click.UsageError("--split-after needs --offset-layers: the layers (before the split) whose "
+                               "outputs get the optimized offsets, e.g. layer1,layer2,layer3")
     return LayerSplit(split_after, layers)
 
 
@@ -288,12 +291,13 @@ def _fractions(text: str, option: str) -> tuple[float, ...]:
 @click.option("--cycle-weight", type=float, default=0.01, show_default=True,
               help="Weight of the re-generation term of the per-layer loss.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=1, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file (--resume does too).")
 @_common_options
 def train_encoder_command(generator_spec, out_path, checkpoint, resume, checkpoint_every, architecture, width,
                           z_dim, split_after, offset_layers, batch_size, backbone_steps, backbone_lr,
                           layer_steps, layer_lr, layer_milestones, layer_decay, joint_steps, joint_lr,
-                          joint_milestones, joint_decay, cycle_weight, seed, device, weights_dir, as_json,
-                          quiet, debug) -> None:
+                          joint_milestones, joint_decay, cycle_weight, seed, overwrite, device, weights_dir,
+                          as_json, quiet, debug) -> None:
     """Train an inversion encoder for a generator on its own samples (the paper's recipe)."""
 
     def action() -> None:
@@ -318,6 +322,9 @@ def train_encoder_command(generator_spec, out_path, checkpoint, resume, checkpoi
         encoder = encoder_for(generator, split, kind=architecture, width=width, z_dim=z_dim, device=run_device,
                               seed=seed)
         state = Path(checkpoint) if checkpoint else Path(f"{out_path}.training.pt")
+        if Path(out_path).exists() and not (overwrite or resume):
+            raise InputError(f"{out_path} exists; choose another --out, pass --overwrite to replace it, or "
+                             f"--resume to continue its training from {state}")
         result = train_encoder(generator, split=split, encoder=encoder, z_dim=z_dim, config=config,
                                device=run_device, checkpoint=state, resume=resume, progress=progress)
         save_encoder(result.encoder, out_path)

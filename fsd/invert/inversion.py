@@ -274,6 +274,11 @@ def invert_layer(
     in eval mode; their training flags and ``requires_grad`` are restored afterwards.
     """
     images = _check_images(images)
+    if not split.offset_layers:
+        raise InputError(
+            f"the split after {split.split_after!r} names no offset layers, so layer inversion has nothing to "
+            "optimize: give LayerSplit(..., offset_layers=(...)), or use invert_z for a latent-only inversion"
+        )
     feature_net = _feature_network(features, config.imagenet_normalization, progress)
     modules = [generator, feature_net] + ([start] if isinstance(start, nn.Module) else [])
     run_device, dtype = _placement(generator, device)
