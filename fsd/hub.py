@@ -107,6 +107,19 @@ class RemoteFile:
         if self.min_bytes is not None and (isinstance(self.min_bytes, bool) or self.min_bytes < 0):
             raise ValueError(f"RemoteFile {self.name}: min_bytes must be a non-negative int, got {self.min_bytes!r}")
 
+    @classmethod
+    def hub_named(cls, name: str, min_bytes: int | None = None) -> RemoteFile:
+        """A file named in torch.hub's convention, ``<stem>-<hex>.<ext>``, where ``<hex>`` is a prefix of
+        its SHA-256: that prefix becomes the pin.
+
+        >>> RemoteFile.hub_named("proggan_bedroom-d8a89ff1.pth").sha256_prefix
+        'd8a89ff1'
+        """
+        prefix = name.rsplit("-", 1)[-1].split(".", 1)[0]
+        if "-" not in name or not _HEX.fullmatch(prefix):
+            raise ValueError(f"{name} is not named <stem>-<sha256 prefix>.<ext>")
+        return cls(name, sha256_prefix=prefix, min_bytes=min_bytes)
+
 
 @dataclass(frozen=True)
 class Artifact:

@@ -61,7 +61,7 @@ class Stats:
     >>> s = Stats(meta, pixels_per_image=4)
     >>> s.update(np.array([[4, 0], [2, 2], [1, 3]]))
     >>> s.n, s.mu.tolist()
-    (3, [58.333333333333336, 41.666666666666664])
+    (3, [58.333333333333336, 41.66666666666667])
     """
 
     def __init__(self, meta: StatsMeta, pixels_per_image: int):

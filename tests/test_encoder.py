@@ -143,7 +143,7 @@ def test_a_checkpoint_that_does_not_fit_is_a_weights_error_naming_the_key(tmp_pa
         load_encoder(path)
 
     path.write_bytes(b"<html>not found</html>")
-    with pytest.raises(WeightsError, match="cannot read encoder checkpoint"):
+    with pytest.raises(WeightsError, match="encoder checkpoint: cannot read checkpoint"):
         load_encoder(path)
     with pytest.raises(WeightsError, match="does not exist"):
         load_encoder(tmp_path / "nowhere.pth")

@@ -40,6 +40,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from fsd._io import atomic_write
+from fsd.checkpoints import load_state_dict_checked, read_checkpoint
 from fsd.errors import InputError, WeightsError
 from fsd.hub import Artifact, RemoteFile, fetch_file
 from fsd.invert.proggan import PixelNorm
@@ -381,46 +382,10 @@ def normalize_encoder_state_dict(
 
 
 def _load_strictly(model: nn.Module, state: dict[str, torch.Tensor], source: str, what: str) -> None:
-    expected = model.state_dict()
-    for key, value in expected.items():
-        # Files written before PyTorch 0.4.1 lack BatchNorm's step counter, which nothing here reads.
-        if key.endswith(".num_batches_tracked") and key not in state:
-            state[key] = torch.zeros_like(value)
-    wrong = [
-        f"{key}: {tuple(state[key].shape)} in the file, {tuple(value.shape)} expected"
-        for key, value in expected.items()
-        if key in state and state[key].shape != value.shape
-    ]
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if wrong or missing or unexpected:
-        def listing(items: list[str], separator: str = ", ") -> str:
-            return separator.join(items[:8]) + (" ..." if len(items) > 8 else "")
-
-        parts = []
-        if wrong:
-            parts.append("wrong shapes: " + listing(wrong, "; "))
-        if missing:
-            parts.append(f"{len(missing)} missing keys: " + listing(missing))
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: " + listing(unexpected))
-        raise WeightsError(
-            f"{source} does not fit {what} ({' | '.join(parts)}); use an encoder checkpoint saved by "
-            "fsd.invert.save_encoder or a published hybrid encoder file"
-        )
-    model.load_state_dict(state, strict=True)
-
-
-def _read_checkpoint(path: Path, map_location: str | torch.device) -> object:
-    if not path.is_file():
-        raise WeightsError(f"encoder checkpoint {path} does not exist or is not a file")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch.load raises many types for corrupt or foreign files
-        raise WeightsError(
-            f"cannot read encoder checkpoint {path}: {error}; check that it is a PyTorch state dict "
-            "(download it again if it came from the network)"
-        ) from error
+    load_state_dict_checked(
+        model, state, source,
+        hint=f"it does not fit {what}: use an encoder checkpoint saved by fsd.invert.save_encoder or a "
+             "published hybrid encoder file")
 
 
 def load_encoder(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> LayerEncoder:
@@ -431,7 +396,7 @@ def load_encoder(path: str | os.PathLike[str], *, map_location: str | torch.devi
     `fsd.invert.encoder` gives frozen, eval-mode published encoders.
     """
     path = Path(path)
-    content = _read_checkpoint(path, map_location)
+    content = read_checkpoint(path, "encoder checkpoint")
     if isinstance(content, Mapping) and isinstance(content.get(ARCHITECTURE_KEY), Mapping):
         model = build_encoder(content[ARCHITECTURE_KEY])
         # "encoder": a training checkpoint of fsd.invert.train_encoder, at whatever step it was saved.
@@ -440,10 +405,10 @@ def load_encoder(path: str | os.PathLike[str], *, map_location: str | torch.devi
             raise WeightsError(f"{path} declares an encoder architecture but holds no state_dict")
         state = normalize_encoder_state_dict(weights, source=str(path))
         _load_strictly(model, state, str(path), f"its declared architecture {dict(content[ARCHITECTURE_KEY])}")
-        return model
+        return model.to(map_location)
     if not isinstance(content, Mapping):
         raise WeightsError(f"{path} holds a {type(content).__name__}, not an encoder state dict")
-    return HybridEncoder.from_state_dict(content, source=str(path))
+    return HybridEncoder.from_state_dict(content, source=str(path)).to(map_location)
 
 
 def save_encoder(encoder: LayerEncoder, path: str | os.PathLike[str]) -> Path:
@@ -476,7 +441,7 @@ def _published_parameter_count() -> int:
 
 def _verify_encoder(path: Path, remote_file: RemoteFile) -> None:
     """Structural check run by `fsd.hub`: strict load into the published hybrid layout."""
-    model = HybridEncoder.from_state_dict(_read_checkpoint(path, "cpu"), source=remote_file.name)
+    model = HybridEncoder.from_state_dict(read_checkpoint(path, "encoder checkpoint"), source=remote_file.name)
     if model.architecture != HybridEncoder().architecture:
         raise WeightsError(
             f"{remote_file.name} holds a hybrid encoder of shape {model.architecture}, "
@@ -486,10 +451,9 @@ def _verify_encoder(path: Path, remote_file: RemoteFile) -> None:
 
 def _declare(domain: str, file_name: str, description: str) -> Artifact:
     # As for the generators: the 8 hex digits follow torch.hub's convention (a sha256 prefix), unverified.
-    prefix = file_name.rsplit("-", 1)[1].split(".", 1)[0]
     return Artifact(
         name=f"encoder-{domain}",
-        files=(RemoteFile(file_name, sha256_prefix=prefix, min_bytes=_MIN_BYTES),),
+        files=(RemoteFile.hub_named(file_name, min_bytes=_MIN_BYTES),),
         mirrors=ENCODER_MIRRORS,
         description=f"hybrid inversion encoder for the Progressive GAN {description}",
         meta={
@@ -544,7 +508,7 @@ def encoder(
     """
     artifact = encoder_artifact(name)
     path = fetch_file(artifact, artifact.files[0].name, weights_dir=weights_dir, progress=progress)
-    model = HybridEncoder.from_state_dict(_read_checkpoint(path, "cpu"), source=str(path))
+    model = HybridEncoder.from_state_dict(read_checkpoint(path, "encoder checkpoint"), source=str(path))
     model.eval().requires_grad_(False)
     if device is not None:
         model.to(device)

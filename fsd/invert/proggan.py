@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fsd.checkpoints import load_state_dict_checked, read_checkpoint
 from fsd.errors import InputError, WeightsError
 
 __all__ = [
@@ -172,28 +173,10 @@ class ProGAN(nn.Sequential):
         state = normalize_state_dict(state_dict, source=source)
         channels, z_dim = _infer_shape(state, source)
         model = cls(channels, z_dim=z_dim)
-        expected = model.state_dict()
-        wrong = [
-            f"{key}: {tuple(state[key].shape)} in the file, {tuple(value.shape)} expected"
-            for key, value in expected.items()
-            if key in state and state[key].shape != value.shape
-        ]
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
-        if wrong or missing or unexpected:
-            parts = []
-            if wrong:
-                parts.append("wrong shapes: " + "; ".join(wrong))
-            if missing:
-                parts.append("missing keys: " + ", ".join(missing))
-            if unexpected:
-                parts.append("unexpected keys: " + ", ".join(unexpected))
-            raise WeightsError(
-                f"{source} does not fit the Progressive GAN architecture ({' | '.join(parts)}); "
-                "use a checkpoint converted for this generator (keys layerN.conv.weight, "
-                "layerN.wscale.b, output_<R>x<R>.*)"
-            )
-        model.load_state_dict(state, strict=True)
+        load_state_dict_checked(
+            model, state, source,
+            hint="it does not fit the Progressive GAN architecture: use a checkpoint converted for this "
+                 "generator (keys layerN.conv.weight, layerN.wscale.b, output_<R>x<R>.*)")
         return model
 
     def __getitem__(self, index: int | slice) -> nn.Module:
@@ -314,17 +297,8 @@ def load_proggan(path: str | Path, *, map_location: str | torch.device = "cpu") 
     The returned module is in training mode with gradients enabled, like any fresh module;
     `fsd.invert.proggan` gives frozen, eval-mode published models.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"generator checkpoint {path} does not exist or is not a file")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch.load raises many types for corrupt or foreign files
-        raise WeightsError(
-            f"cannot read generator checkpoint {path}: {error}; "
-            "delete it and download it again, or check that it is a PyTorch state dict"
-        ) from error
-    return ProGAN.from_state_dict(state, source=str(path))
+    state = read_checkpoint(path, "generator checkpoint")
+    return ProGAN.from_state_dict(state, source=str(path)).to(map_location)
 
 
 def seeded_latents(n: int, seed: int, z_dim: int = 512) -> torch.Tensor:

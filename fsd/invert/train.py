@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from fsd.checkpoints import read_checkpoint
 from fsd.errors import InputError, WeightsError
 from fsd.invert.encoder import (
     HybridEncoder,
@@ -57,7 +58,7 @@ from fsd.invert.encoder import (
     SmallEncoder,
     _atomic_save,
 )
-from fsd.invert.inversion import _frozen
+from fsd.invert.inversion import _frozen, _placement
 from fsd.invert.split import PROGGAN_SPLIT, LayerSplit, SplitGenerator
 
 __all__ = [
@@ -269,13 +270,6 @@ def _latent_shape(generator: nn.Module, z_dim: int | None) -> tuple[int, ...]:
     return (z_dim,)
 
 
-def _placement(module: nn.Module, device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    parameter = next(module.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
-
-
 def _probe_shapes(
     layers: GeneratorLayers, latent: tuple[int, ...], device: torch.device
 ) -> tuple[list[tuple[int, ...]], tuple[int, ...]]:
@@ -321,7 +315,7 @@ def encoder_for(
     latent = _latent_shape(generator, z_dim)
     layers = GeneratorLayers(generator, split)
     with _frozen([generator]):
-        layer_shapes, image_shape = _probe_shapes(layers, latent, _placement(generator, device))
+        layer_shapes, image_shape = _probe_shapes(layers, latent, _placement(generator, device)[0])
     hybrid = kind == "hybrid" or (kind == "auto" and _hybrid_fits(layer_shapes, image_shape))
     if hybrid and not _hybrid_fits(layer_shapes, image_shape):
         raise InputError(
@@ -405,7 +399,7 @@ def train_encoder(
     moved to ``device`` and runs frozen in eval mode (its flags are restored afterwards); the
     encoder is trained in place and returned on the CPU.
     """
-    run_device = _placement(generator, device)
+    run_device = _placement(generator, device)[0]
     latent = _latent_shape(generator, z_dim)
     layers = GeneratorLayers(generator, split)
     generator.to(run_device)
@@ -546,10 +540,7 @@ def _stage_plan(
 
 
 def _load_checkpoint(path: Path, identity: dict[str, object]) -> dict:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch.load raises many types for corrupt or foreign files
-        raise WeightsError(f"cannot read training checkpoint {path}: {error}; delete it to start over") from error
+    saved = read_checkpoint(path, "training checkpoint (delete it to start over)")
     if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
         raise WeightsError(f"{path} is not an encoder training checkpoint ({CHECKPOINT_FORMAT})")
     for key, value in identity.items():

@@ -46,10 +46,9 @@ def _verify_proggan(resolution: int, path: Path, remote_file: RemoteFile) -> Non
 def _declare(name: str, file_name: str, resolution: int, domain: str) -> Artifact:
     # The 8 hex digits in the file name follow torch.hub's convention (a prefix of the file's SHA-256);
     # nobody has verified them against the published files, so a mismatch may be the pin's fault.
-    prefix = file_name.rsplit("-", 1)[1].split(".", 1)[0]
     return Artifact(
         name=f"proggan-{name}",
-        files=(RemoteFile(file_name, sha256_prefix=prefix, min_bytes=_MIN_BYTES),),
+        files=(RemoteFile.hub_named(file_name, min_bytes=_MIN_BYTES),),
         mirrors=PROGGAN_MIRRORS,
         description=f"Progressive GAN generator, {domain}, {resolution}x{resolution}",
         meta={

@@ -11,13 +11,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsd.errors import InputError, WeightsError
+from fsd.checkpoints import check_state_dict, expected_shapes, read_state_dict  # noqa: F401 (re-exported)
+from fsd.checkpoints import load_state_dict_checked as load_checked
+from fsd.errors import InputError
 from fsd.segmenters.prroi import prroi_pool_whole
 
 BN_EPS = 1e-5
@@ -213,11 +214,6 @@ class UPerNetDecoder(nn.Module):
 # ------------------------------------------------------------------------------ checkpoint loading
 
 
-def expected_shapes(module: nn.Module) -> dict[str, tuple[int, ...]]:
-    """State-dict key -> shape of ``module``, in registration order."""
-    return {key: tuple(value.shape) for key, value in module.state_dict().items()}
-
-
 @lru_cache(maxsize=8)
 def _meta_shapes(kind: str, heads: HeadSizes) -> tuple[tuple[str, tuple[int, ...]], ...]:
     with torch.device("meta"):
@@ -235,75 +231,13 @@ def decoder_shapes(heads: HeadSizes = HeadSizes()) -> dict[str, tuple[int, ...]]
     return dict(_meta_shapes("decoder", heads))
 
 
-def read_state_dict(path: Path | str, what: str) -> dict[str, torch.Tensor]:
-    """``torch.load(path, weights_only=True)`` with every failure turned into a `WeightsError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{what}: checkpoint file {path} does not exist")
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated download, not a checkpoint, pickled objects, ...
-        raise WeightsError(
-            f"{what}: cannot read checkpoint {path} ({type(exc).__name__}: {str(exc)[:300]}); "
-            "the file is damaged or not a PyTorch state dict: delete it and download it again"
-        ) from exc
-    if not isinstance(loaded, Mapping):
-        raise WeightsError(
-            f"{what}: checkpoint {path} holds a {type(loaded).__name__}, not a state dict"
-        )
-    return dict(loaded)
-
-
-def prepare_state_dict(
-    state_dict: Mapping[str, object], expected: Mapping[str, tuple[int, ...]], what: str
-) -> dict[str, torch.Tensor]:
-    """Drop the SyncBN buffers, fill in missing ``num_batches_tracked``, and verify the structure.
-
-    Raises `WeightsError` naming the first key that is missing, has the wrong shape, or is not
-    expected. Returns the dictionary to hand to ``load_state_dict(strict=True)``.
-    """
-    cleaned: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        if not isinstance(key, str):
-            raise WeightsError(f"{what}: state dict key {key!r} is not a string")
-        if key.endswith(SYNCBN_SUFFIXES):
-            continue
-        if not isinstance(value, torch.Tensor):
-            raise WeightsError(f"{what}: value of key {key!r} is a {type(value).__name__}, not a tensor")
-        cleaned[key] = value
-    for key, shape in expected.items():
-        if key not in cleaned:
-            # Checkpoints from PyTorch < 0.4.1 have no batch counter; it plays no role in eval mode.
-            if key.endswith(".num_batches_tracked"):
-                cleaned[key] = torch.zeros((), dtype=torch.long)
-                continue
-            raise WeightsError(
-                f"{what}: key {key!r} (shape {shape}) is missing; "
-                "the file does not belong to this architecture or is damaged"
-            )
-        found = tuple(cleaned[key].shape)
-        if found != shape:
-            raise WeightsError(f"{what}: key {key!r} has shape {found}, expected {shape}")
-    for key in cleaned:
-        if key not in expected:
-            raise WeightsError(
-                f"{what}: unexpected key {key!r} (shape {tuple(cleaned[key].shape)}); "
-                "the file does not belong to this architecture"
-            )
-    return cleaned
-
-
 def check_structure(
     state_dict: Mapping[str, object], expected: Mapping[str, tuple[int, ...]], what: str
-) -> None:
-    """Raise `WeightsError` unless ``state_dict`` fits ``expected`` (see `prepare_state_dict`)."""
-    prepare_state_dict(state_dict, expected, what)
+) -> dict[str, torch.Tensor]:
+    """Verify a segmenter checkpoint: the SyncBN buffers dropped, then `fsd.checkpoints.check_state_dict`."""
+    return check_state_dict(state_dict, expected, what, drop_suffixes=SYNCBN_SUFFIXES)
 
 
 def load_state_dict_checked(module: nn.Module, state_dict: Mapping[str, object], what: str) -> None:
-    """Verify ``state_dict`` against ``module``'s keys and shapes, then load it with ``strict=True``.
-
-    ``what`` names the source (e.g. the file) in error messages.
-    """
-    cleaned = prepare_state_dict(state_dict, expected_shapes(module), what)
-    module.load_state_dict(cleaned, strict=True)
+    """Load a segmenter checkpoint strictly, after dropping the SyncBN buffers and verifying it."""
+    load_checked(module, state_dict, what, drop_suffixes=SYNCBN_SUFFIXES)
