@@ -58,6 +58,7 @@ from PIL import Image
 
 from ._io import atomic_write, prepare_output_folder
 from .errors import InputError
+from . import preprocess
 from .preprocess import prepare_array, quantize
 from .segmenters.base import Preprocessing
 from .sources import Batch
@@ -76,15 +77,7 @@ def parse_value_range(value_range: ValueRange) -> tuple[float, float] | None:
         return None
     if isinstance(value_range, str):
         raise InputError(f"value_range {value_range!r} is not understood; use (-1, 1), (0, 1) or 'uint8'")
-    try:
-        low, high = (float(v) for v in value_range)
-    except (TypeError, ValueError):
-        raise InputError(
-            f"value_range must be (low, high), e.g. (-1, 1) or (0, 1), or 'uint8'; got {value_range!r}"
-        ) from None
-    if not (np.isfinite(low) and np.isfinite(high) and high > low):
-        raise InputError(f"value_range must be (low, high) with low < high, got {value_range!r}")
-    return (low, high)
+    return preprocess.parse_value_range(value_range)
 
 
 def check_seed(seed: int) -> int:
@@ -130,8 +123,13 @@ def prepare_images(images: torch.Tensor, preprocessing: Preprocessing) -> torch.
     return torch.from_numpy(np.stack([prepare_array(np.ascontiguousarray(im), preprocessing) for im in hwc]))
 
 
+def derived_seed(*keys: int) -> int:
+    """A 64-bit seed determined by ``keys`` alone (e.g. (seed, sample index)), via numpy's SeedSequence."""
+    return int(np.random.SeedSequence(keys).generate_state(1, np.uint64)[0])
+
+
 def _sample_seed(seed: int, index: int) -> int:
-    return int(np.random.SeedSequence((seed, index)).generate_state(1, np.uint64)[0])
+    return derived_seed(seed, index)
 
 
 def _concat(parts: list) -> Latents:
@@ -185,6 +183,16 @@ class _NormalStream:
         rows = block[[k - self.position for k in indices]]
         self.position = indices[-1] + 1
         return torch.from_numpy(rows).float()
+
+
+def seeded_latents(n: int, seed: int, z_dim: int = 512) -> torch.Tensor:
+    """``n`` latents ``(n, z_dim)`` float32, the paper's rule: row k does not depend on ``n``.
+
+    ``numpy.random.RandomState(seed).standard_normal(n * z_dim)`` reshaped to ``(n, z_dim)``.
+    """
+    if n < 0 or z_dim < 1:
+        raise InputError(f"need n >= 0 and z_dim >= 1, got n={n}, z_dim={z_dim}")
+    return _NormalStream(seed, z_dim).rows(range(n)) if n else torch.zeros(0, z_dim)
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from fsd.checkpoints import load_state_dict_checked, read_checkpoint
+from fsd.generators import seeded_latents  # noqa: F401 (the paper's latent rule, re-exported)
 from fsd.errors import InputError, WeightsError
 
 __all__ = [
@@ -301,13 +301,4 @@ def load_proggan(path: str | Path, *, map_location: str | torch.device = "cpu") 
     return ProGAN.from_state_dict(state, source=str(path)).to(map_location)
 
 
-def seeded_latents(n: int, seed: int, z_dim: int = 512) -> torch.Tensor:
-    """``n`` latents ``(n, z_dim)`` float32, the paper's rule: row k does not depend on ``n``.
-
-    ``numpy.random.RandomState(seed).standard_normal(n * z_dim)`` reshaped to ``(n, z_dim)``.
-    """
-    if n < 0 or z_dim < 1:
-        raise InputError(f"need n >= 0 and z_dim >= 1, got n={n}, z_dim={z_dim}")
-    values = np.random.RandomState(seed).standard_normal(n * z_dim).reshape(n, z_dim)
-    return torch.from_numpy(values).float()
 

@@ -51,6 +51,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fsd.checkpoints import read_checkpoint
+from fsd.generators import derived_seed
 from fsd.errors import InputError, WeightsError
 from fsd.invert.encoder import (
     HybridEncoder,
@@ -359,8 +360,7 @@ def _check_fits(encoder: LayerEncoder, layer_shapes: list[tuple[int, ...]], late
 
 
 def _step_generator(seed: int, stage: int, step: int) -> torch.Generator:
-    state = np.random.SeedSequence((seed, stage, step)).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return torch.Generator().manual_seed(derived_seed(seed, stage, step))
 
 
 @contextmanager
