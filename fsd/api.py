@@ -116,7 +116,7 @@ def load_segmenter(
         return UPPSegmenter.from_pretrained(weights_dir=weights_dir, device=device, progress=progress)
     if isinstance(segmenter, str):
         raise InputError(f"unknown segmenter {segmenter!r}; use 'upp' or pass a Segmenter object")
-    missing = [a for a in ("class_names", "num_classes", "name", "weights_id", "preprocessing", "device", "segment")
+    missing = [a for a in ("class_names", "name", "weights_id", "preprocessing", "device", "segment")
                if not hasattr(segmenter, a)]
     if missing:
         raise InputError(f"segmenter {segmenter!r} lacks {', '.join(missing)} (see fsd.segmenters.base.Segmenter)")

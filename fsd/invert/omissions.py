@@ -524,7 +524,7 @@ def invert_photos(
             seg_device = segmenter.device
             real_labels = segmenter.segment(real_uint8.to(seg_device)).cpu()
             recon_labels = segmenter.segment(recon_uint8.to(seg_device)).cpu()
-            count = segmenter.num_classes
+            count = len(segmenter.class_names)
             real_pct = class_percentages(real_labels, count).numpy()
             recon_pct = class_percentages(recon_labels, count).numpy()
             photo_hwc, recon_hwc = _hwc(real_uint8), _hwc(recon_uint8)
