@@ -2,6 +2,13 @@
 
 Only the object head is evaluated: FSD counts the argmax over its 336 classes at 256 x 256.
 
+Precision. The default, ``precision="float32"``, is really float32 everywhere: TF32 (which PyTorch
+enables for cuDNN convolutions by default) and reduced-precision oneDNN modes are switched off while
+the network runs, and the user's settings are restored afterwards. ``"tf32"`` (NVIDIA Ampere or newer),
+``"bfloat16"`` and ``"float16"`` (autocast) are opt-in speed modes whose labels differ from float32;
+their statistics carry a ``weights_id`` suffix (``+tf32``, ``+bf16``, ``+fp16``), so they are never
+compared with float32 statistics by mistake. benchmarks/README.md has the measured speed and deviation.
+
 >>> seg = UPPSegmenter.from_pretrained()                       # doctest: +SKIP
 >>> labels = seg.segment(images_uint8)                         # doctest: +SKIP
 >>> class_percentages(labels, seg.num_classes).shape           # doctest: +SKIP
@@ -11,8 +18,12 @@ torch.Size([8, 336])
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +48,17 @@ LABEL_KEYS = ("object", "material", "scene", "part", "object_part")
 BGR_MEANS = (102.9801, 115.9465, 122.7717)
 # Upsampled 336-channel logits cost 88 MB per image in float32; bound the batch of that step.
 _UPSAMPLE_BYTES = 256 * 2**20
+
+Precision = Literal["float32", "bfloat16", "float16", "tf32"]
+PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16", "tf32")
+# Appended to weights_id: statistics made in a reduced precision never compare equal to float32 ones.
+PRECISION_SUFFIXES = {"float32": "", "bfloat16": "+bf16", "float16": "+fp16", "tf32": "+tf32"}
+_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+# On CPU the encoder and the decoder run on this many images at a time, whatever the caller's batch, so
+# their largest activations (about 4 and 32 MB per image) stay in cache. Measured on a 2-core EPYC: the
+# whole network at 1-3 images 1.8 img/s, at 4 1.5, at 8 1.2, at 32 1.0; encoder at 8 and decoder at 2, 1.65.
+_CPU_ENCODER_BATCH = 8
+_CPU_DECODER_BATCH = 2
 
 
 def default_device() -> torch.device:
@@ -99,11 +121,145 @@ def read_labels(path: Path | str, heads: HeadSizes = HeadSizes()) -> dict:
     return validate_labels(labels, heads, str(path))
 
 
+def _fp32_precision_leaves() -> list[object] | None:
+    """The per-backend float32 precision settings of PyTorch >= 2.9 (None on older versions)."""
+    backends = torch.backends
+    leaves = [
+        getattr(getattr(backends, "cudnn", None), "conv", None),
+        getattr(getattr(backends, "cuda", None), "matmul", None),
+        getattr(getattr(backends, "mkldnn", None), "conv", None),
+        getattr(getattr(backends, "mkldnn", None), "matmul", None),
+    ]
+    if not all(leaf is not None and hasattr(leaf, "fp32_precision") for leaf in leaves):
+        return None
+    return leaves
+
+
+@contextmanager
+def float32_math(allow_tf32: bool) -> Iterator[None]:
+    """Run float32 convolutions and matmuls in true float32 (``allow_tf32=False``) or allow TF32 on NVIDIA
+    GPUs (``True``); oneDNN (CPU) stays float32 either way. The global flags are restored on exit.
+
+    PyTorch allows TF32 for cuDNN convolutions by default, so without this an Ampere+ GPU would not
+    compute the paper's float32 labels.
+    """
+    leaves = _fp32_precision_leaves()
+    if leaves is not None:
+        # The new API; reading the legacy allow_tf32 flags can raise once a user has set this one.
+        saved = [leaf.fp32_precision for leaf in leaves]
+        cudnn_conv, cuda_matmul, mkldnn_conv, mkldnn_matmul = leaves
+        gpu = "tf32" if allow_tf32 else "ieee"
+        try:
+            cudnn_conv.fp32_precision = gpu
+            cuda_matmul.fp32_precision = gpu
+            mkldnn_conv.fp32_precision = "ieee"
+            mkldnn_matmul.fp32_precision = "ieee"
+            yield
+        finally:
+            for leaf, value in zip(leaves, saved):
+                leaf.fp32_precision = value
+        return
+    saved_cudnn = torch.backends.cudnn.allow_tf32
+    saved_matmul = torch.get_float32_matmul_precision()
+    try:
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+        torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = saved_cudnn
+        torch.set_float32_matmul_precision(saved_matmul)
+
+
+def _upsample_argmax_full(logits: torch.Tensor, size: int, out: torch.Tensor) -> None:
+    """``out[:] = argmax_c bilinear_upsample(logits)``, the upsampled batch bounded by `_UPSAMPLE_BYTES`."""
+    chunk = max(1, _UPSAMPLE_BYTES // (logits.shape[1] * size * size * logits.element_size()))
+    for start in range(0, logits.shape[0], chunk):
+        upsampled = F.interpolate(
+            logits[start : start + chunk], size=(size, size), mode="bilinear", align_corners=False
+        )
+        out[start : start + chunk] = upsampled.argmax(dim=1)
+
+
+def winnable_classes(logits: torch.Tensor, magnitude: float) -> torch.Tensor:
+    """``(N, C)`` bool: the classes that can be the argmax somewhere after bilinear resizing
+    (align_corners=False) of the finite ``(N, C, h, w)`` float logits; ``magnitude`` bounds their absolute
+    values. Every other class stays below some other class at every output pixel by a margin far above
+    float rounding, so dropping it cannot change a label.
+
+    Why: an output pixel interpolates a square of at most 2 x 2 adjacent low-res positions, all inside the
+    3 x 3 neighbourhood of each of them. So there, the class winning at any of those positions ``r`` scores
+    at least ``floor(r)``, that class's minimum over the neighbourhood of ``r``; a class that wins the pixel
+    must reach ``floor(r) - tol`` at the source ``r`` where it is largest.
+    """
+    n, _, h, w = logits.shape
+    tol = 1e-5 * magnitude + 1e-30  # float32 rounding moves an interpolated value by < 1e-6 * magnitude
+    device = logits.device
+    offsets = torch.arange(-1, 2, device=device)
+    rows = (torch.arange(h, device=device).unsqueeze(1) + offsets).clamp(0, h - 1)
+    cols = (torch.arange(w, device=device).unsqueeze(1) + offsets).clamp(0, w - 1)
+    winner = logits.argmax(dim=1)
+    around = logits[
+        torch.arange(n, device=device).view(n, 1, 1, 1, 1),
+        winner.view(n, h, w, 1, 1),
+        rows.view(1, h, 1, 3, 1),
+        cols.view(1, 1, w, 1, 3),
+    ]
+    floor = around.amin(dim=(3, 4))
+    return (logits >= (floor - tol).unsqueeze(1)).flatten(2).any(dim=2)
+
+
+def upsample_argmax(logits: torch.Tensor, size: int, prune_classes: bool = True) -> torch.Tensor:
+    """int64 ``(N, size, size)`` labels: ``F.interpolate(logits, (size, size), bilinear,
+    align_corners=False).argmax(1)``, identical label for label.
+
+    With ``prune_classes`` (and finite float logits), only the classes that `winnable_classes` keeps are
+    upsampled, in ascending order so that ties still go to the lowest index. That skips most of the work
+    when an image holds few classes, as a trained segmenter's maps do; an image where more than half the
+    classes survive (random weights) takes the plain path.
+    """
+    logits = logits.contiguous()  # F.interpolate rounds differently for channels-last tensors
+    n, channels, h, w = logits.shape
+    labels = torch.empty((n, size, size), dtype=torch.int64, device=logits.device)
+    if n == 0:
+        return labels
+    prune = prune_classes and logits.is_floating_point()
+    if prune:
+        low, high = (float(v) for v in torch.aminmax(logits))
+        prune = math.isfinite(low) and math.isfinite(high)  # NaN and infinity take the plain path
+    if not prune:
+        _upsample_argmax_full(logits, size, labels)
+        return labels
+    keep = winnable_classes(logits, max(abs(low), abs(high)))
+    counts = keep.sum(dim=1).tolist()
+    crowded = [i for i, count in enumerate(counts) if 2 * count > channels]
+    if len(crowded) == n:
+        _upsample_argmax_full(logits, size, labels)
+        return labels
+    if crowded:
+        index = torch.tensor(crowded, device=logits.device)
+        crowded_labels = torch.empty((len(crowded), size, size), dtype=torch.int64, device=logits.device)
+        _upsample_argmax_full(logits.index_select(0, index), size, crowded_labels)
+        labels[index] = crowded_labels
+    for i, count in enumerate(counts):
+        if 2 * count > channels:
+            continue
+        classes = keep[i].nonzero().flatten()  # ascending
+        upsampled = F.interpolate(
+            logits[i : i + 1, classes], size=(size, size), mode="bilinear", align_corners=False
+        )
+        labels[i] = classes[upsampled[0].argmax(dim=0)]
+    return labels
+
+
 class UPPSegmenter:
     """The paper's segmenter behind the `fsd.segmenters.base.Segmenter` protocol.
 
     ``segment(images)``: uint8 ``(N, 3, 256, 256)`` RGB -> int64 object labels ``(N, 256, 256)``
     in ``[0, 336)`` on ``self.device``.
+
+    ``precision``: ``"float32"`` (default, the paper's numbers), or an opt-in speed mode: ``"tf32"``
+    (NVIDIA Ampere or newer; elsewhere it computes float32 and warns), ``"bfloat16"``, ``"float16"`` (not
+    on CPU, where it is far slower than float32). A reduced precision appends its suffix to ``weights_id``.
     """
 
     name: str = UPP_NAME
@@ -116,19 +272,41 @@ class UPPSegmenter:
         labels: Mapping,
         device: torch.device | str | None = None,
         weights_id: str = UPP_WEIGHTS_ID,
+        precision: Precision = "float32",
     ):
         self.labels = validate_labels(labels, decoder.heads, "labels")
         self.class_names: list[str] = list(self.labels["object"])
-        self.weights_id = weights_id
         try:
             self._device = torch.device(device) if device is not None else default_device()
         except (RuntimeError, TypeError) as exc:
             raise InputError(
                 f"device {device!r} is not a torch device (use e.g. 'cpu', 'cuda', 'cuda:1', 'mps')"
             ) from exc
-        self.encoder = encoder.to(self._device).eval()
-        self.decoder = decoder.to(self._device).eval()
+        self.precision: Precision = self._check_precision(precision)
+        self.weights_id = weights_id + PRECISION_SUFFIXES[self.precision]
+        # Reduced precision runs channels-last: measured 1.5x faster than NCHW under bfloat16 autocast on CPU.
+        self._memory_format = torch.channels_last if self.precision in _AUTOCAST_DTYPES else torch.contiguous_format
+        self.encoder = encoder.to(self._device, memory_format=self._memory_format).eval()
+        self.decoder = decoder.to(self._device, memory_format=self._memory_format).eval()
         self._means = torch.tensor(BGR_MEANS, dtype=torch.float32, device=self._device).view(1, 3, 1, 1)
+
+    def _check_precision(self, precision: object) -> Precision:
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; got {precision!r}")
+        kind = self._device.type
+        if precision == "float16" and kind == "cpu":
+            raise InputError(
+                "precision='float16' is not available on cpu (CPUs without native float16 convolutions run it "
+                "far slower than float32); use 'float32', or 'bfloat16' on a CPU with native bfloat16"
+            )
+        if precision == "tf32" and kind != "cuda":
+            warnings.warn(
+                f"precision='tf32' has no effect on {kind} (TF32 exists on NVIDIA GPUs from Ampere on); "
+                "computing in float32",
+                stacklevel=3,
+            )
+            return "float32"
+        return precision  # type: ignore[return-value]
 
     @property
     def num_classes(self) -> int:
@@ -145,6 +323,7 @@ class UPPSegmenter:
         *,
         device: torch.device | str | None = None,
         weights_id: str = UPP_WEIGHTS_ID,
+        precision: Precision = "float32",
     ) -> UPPSegmenter:
         """Load ``encoder_epoch_40.pth``, ``decoder_epoch_40.pth`` and ``labels.json`` from ``folder``."""
         folder = Path(folder)
@@ -156,7 +335,7 @@ class UPPSegmenter:
         decoder = UPerNetDecoder(heads)
         decoder_path = folder / DECODER_FILE
         load_state_dict_checked(decoder, read_state_dict(decoder_path, str(decoder_path)), str(decoder_path))
-        return cls(encoder, decoder, labels, device=device, weights_id=weights_id)
+        return cls(encoder, decoder, labels, device=device, weights_id=weights_id, precision=precision)
 
     @classmethod
     def from_pretrained(
@@ -165,6 +344,7 @@ class UPPSegmenter:
         weights_dir: Path | str | None = None,
         device: torch.device | str | None = None,
         progress: bool = True,
+        precision: Precision = "float32",
     ) -> UPPSegmenter:
         """Fetch the published files (or find them in ``weights_dir``) and load them."""
         # Imported here because fsd.segmenters.weights imports this module (labels checks).
@@ -172,7 +352,7 @@ class UPPSegmenter:
         from fsd.segmenters.weights import UPP_WEIGHTS
 
         folder = fetch(UPP_WEIGHTS, weights_dir=weights_dir, progress=progress)
-        return cls.from_folder(folder, device=device, weights_id=UPP_WEIGHTS_ID)
+        return cls.from_folder(folder, device=device, weights_id=UPP_WEIGHTS_ID, precision=precision)
 
     def _check_images(self, images: object) -> torch.Tensor:
         size = self.preprocessing.size
@@ -190,22 +370,60 @@ class UPPSegmenter:
             )
         return images
 
+    def network_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB -> the network's float32 input on ``self.device``: BGR, 0..255, means subtracted.
+
+        Always contiguous (NCHW): convolutions round differently on channels-last input, and the labels
+        must not depend on the memory layout of the caller's tensor.
+        """
+        return (images.to(self._device).float().flip(1) - self._means).contiguous()
+
+    def _autocast(self) -> AbstractContextManager:
+        dtype = _AUTOCAST_DTYPES.get(self.precision)
+        return torch.autocast(self._device.type, dtype=dtype) if dtype is not None else nullcontext()
+
     def segment(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 RGB ``(N, 3, 256, 256)`` on any device -> int64 labels ``(N, 256, 256)`` on ``self.device``."""
         images = self._check_images(images)
         size = self.preprocessing.size
+        count = images.shape[0]
         # Allocated outside inference mode so that callers may modify the result in place.
-        labels = torch.empty((images.shape[0], size, size), dtype=torch.int64, device=self._device)
-        if images.shape[0] == 0:
-            return labels
-        with torch.inference_mode():
-            x = images.to(self._device).float().flip(1) - self._means
-            logits = self.decoder.forward_object(self.encoder(x))
-            chunk = max(1, _UPSAMPLE_BYTES // (logits.shape[1] * size * size * logits.element_size()))
-            for start in range(0, images.shape[0], chunk):
-                upsampled = F.interpolate(
-                    logits[start : start + chunk], size=(size, size), mode="bilinear", align_corners=False
-                )
-                # No softmax: it is monotonic and cannot change the argmax.
-                labels[start : start + chunk] = upsampled.argmax(dim=1)
+        labels = torch.empty((count, size, size), dtype=torch.int64, device=self._device)
+        on_cpu = self._device.type == "cpu"
+        encoder_step = _CPU_ENCODER_BATCH if on_cpu else max(count, 1)
+        decoder_step = _CPU_DECODER_BATCH if on_cpu else max(count, 1)
+        with float32_math(allow_tf32=self.precision == "tf32"), torch.inference_mode():
+            for start in range(0, count, encoder_step):
+                x = self.network_input(images[start : start + encoder_step])
+                with self._autocast():
+                    features = self.encoder(x.contiguous(memory_format=self._memory_format))
+                for offset in range(0, x.shape[0], decoder_step):
+                    part = tuple(f[offset : offset + decoder_step] for f in features)
+                    with self._autocast():
+                        logits = self.decoder.forward_object(part)
+                    # Upsampling and argmax in float32 always: bfloat16 logits would tie classes that differ.
+                    # No softmax: it is monotonic and cannot change the argmax.
+                    first = start + offset
+                    labels[first : first + decoder_step] = upsample_argmax(
+                        logits.float(), size, prune_classes=on_cpu
+                    )
         return labels
+
+
+def naive_segment(segmenter: UPPSegmenter, images: torch.Tensor, paper_outputs: bool = True) -> torch.Tensor:
+    """The straightforward float32 formulation, the way the paper's code runs the model: all four heads,
+    logits upsampled to full resolution, softmax, argmax of the object head. With ``paper_outputs`` the
+    material and part heads are also turned into full-resolution probabilities (parts per owning object),
+    as the paper's segmenter does although FSD never reads them. The benchmarks' yardstick, and the
+    reference the fast path must equal label for label."""
+    images = segmenter._check_images(images)
+    size = (segmenter.preprocessing.size,) * 2
+    with float32_math(allow_tf32=False), torch.no_grad():
+        outputs = segmenter.decoder(segmenter.encoder(segmenter.network_input(images)))
+        objects = F.softmax(F.interpolate(outputs.object, size=size, mode="bilinear", align_corners=False), dim=1)
+        if paper_outputs:
+            F.softmax(F.interpolate(outputs.material, size=size, mode="bilinear", align_corners=False), dim=1)
+            parts = F.interpolate(outputs.part, size=size, mode="bilinear", align_corners=False)
+            for owner_parts in parts.split([len(p) for p in segmenter.labels["object_part"].values()], dim=1):
+                F.softmax(owner_parts, dim=1)
+        return objects.argmax(dim=1)

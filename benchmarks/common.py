@@ -1,0 +1,165 @@
+"""Shared pieces of the benchmarks: a segmenter with synthetic weights, a folder of LSUN-like JPEGs,
+timing with medians, and the description of the machine the figures come from.
+
+The published weights cannot be fetched here, so every benchmark runs the exact architecture with the
+random, batch-norm-calibrated weights of ``tests/synthetic.py``: speed does not depend on weight values.
+Label agreement between modes is measured on the same random weights; those give far less decisive
+logits than a trained segmenter, so the agreement figures are a pessimistic check, not the real numbers.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from fsd.segmenters.upernet import ResNet50DeepStem, UPerNetDecoder, load_state_dict_checked  # noqa: E402
+from fsd.segmenters.upp import UPPSegmenter  # noqa: E402
+from tests.synthetic import synthetic_labels, synthetic_upp_state_dicts  # noqa: E402
+
+# LSUN church/bedroom images are stored with the shorter side 256; the long side varies.
+LSUN_LIKE_SIZES = ((341, 256), (256, 341), (384, 256), (256, 256), (455, 256), (256, 320))
+
+
+def build_segmenter(device: str | torch.device, precision: str = "float32", seed: int = 0,
+                    weights_dir: Path | None = None) -> UPPSegmenter:
+    """The paper's segmenter with the published weights found in ``weights_dir`` (holding
+    ``upp-resnet50-upernet/``), or by default the synthetic weights of ``tests/synthetic.py``."""
+    if weights_dir is not None:
+        return UPPSegmenter.from_pretrained(weights_dir=weights_dir, device=device, progress=False,
+                                            precision=precision)  # type: ignore[arg-type]
+    encoder_sd, decoder_sd = synthetic_upp_state_dicts(seed)
+    encoder, decoder = ResNet50DeepStem(), UPerNetDecoder()
+    load_state_dict_checked(encoder, encoder_sd, "synthetic encoder")
+    load_state_dict_checked(decoder, decoder_sd, "synthetic decoder")
+    return UPPSegmenter(encoder, decoder, synthetic_labels(), device=device,
+                        weights_id=f"synthetic/{seed}", precision=precision)  # type: ignore[arg-type]
+
+
+def photo_like(rng: np.random.Generator, width: int, height: int) -> Image.Image:
+    """Smooth colour regions with texture: decodes like a photograph (not a flat or pure-noise image)."""
+    small = rng.integers(0, 256, size=(max(2, height // 24), max(2, width // 24), 3), dtype=np.uint8)
+    image = np.asarray(Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC), np.int16)
+    texture = rng.normal(0, 12, size=(height, width, 1))
+    return Image.fromarray(np.clip(image + texture, 0, 255).astype(np.uint8))
+
+
+def write_jpeg_folder(folder: Path, count: int, seed: int = 0, quality: int = 85) -> Path:
+    """``count`` JPEGs of LSUN-like sizes in ``folder`` (kept if already there with that many files)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if len(list(folder.glob("*.jpg"))) == count:
+        return folder
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        width, height = LSUN_LIKE_SIZES[i % len(LSUN_LIKE_SIZES)]
+        photo_like(rng, width, height).save(folder / f"img_{i:05d}.jpg", quality=quality)
+    return folder
+
+
+def synthetic_batch(count: int, seed: int) -> torch.Tensor:
+    """Preprocessed uint8 ``(count, 3, 256, 256)`` photo-like images, without touching the disk."""
+    rng = np.random.default_rng(seed)
+    arrays = [np.asarray(photo_like(rng, 256, 256)).transpose(2, 0, 1) for _ in range(count)]
+    return torch.from_numpy(np.ascontiguousarray(np.stack(arrays)))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds of each repeat; ``items`` processed per repeat."""
+
+    seconds: tuple[float, ...]
+    items: int
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def per_second(self) -> float:
+        return self.items / self.median
+
+    def describe(self) -> str:
+        spread = f" (runs {min(self.seconds):.2f}-{max(self.seconds):.2f} s)" if len(self.seconds) > 1 else ""
+        return f"{self.per_second:8.2f} img/s  median {self.median:.2f} s for {self.items}{spread}"
+
+
+def time_it(run: Callable[[], object], items: int, repeats: int, device: torch.device,
+            warmup: bool = True) -> Timing:
+    """Median wall time of ``repeats`` calls of ``run`` (after one untimed call when ``warmup``)."""
+    if warmup:
+        run()
+        synchronize(device)
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return Timing(tuple(seconds), items)
+
+
+def load_average() -> str:
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def machine_description(device: torch.device) -> str:
+    """CPU model and cores, GPU if used, torch version, threads, and the load when measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 0
+    lines = [
+        f"cpu: {cpu}, {cores} cores available, torch {torch.__version__} with {torch.get_num_threads()} threads",
+        f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        f"load average (1, 5, 15 min) at start: {load_average()}",
+    ]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        if commit:
+            lines.append(f"repository at {commit} (plus uncommitted changes, if any)")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return "\n".join(lines)
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def identical_fraction(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Fraction of pixels with the same label."""
+    return float((a == b).double().mean())
