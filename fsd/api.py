@@ -108,12 +108,21 @@ def load_segmenter(
     device: str | torch.device | None = None,
     weights_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    precision: str = "float32",
 ) -> Segmenter:
-    """The paper's UPP segmenter (``None`` or ``"upp"``), or a user's object following the protocol."""
+    """The paper's UPP segmenter (``None`` or ``"upp"``), or a user's object following the protocol.
+
+    ``precision``: ``"float32"`` (default, the paper's labels), or the opt-in speed modes ``"tf32"``,
+    ``"bfloat16"``, ``"float16"`` (see `fsd.segmenters.upp`; their statistics are marked and never
+    compared with float32 ones). Pass the result as ``segmenter=`` to `compute`.
+    """
     if segmenter is None or segmenter == "upp":
         from .segmenters.upp import UPPSegmenter
 
-        return UPPSegmenter.from_pretrained(weights_dir=weights_dir, device=device, progress=progress)
+        return UPPSegmenter.from_pretrained(weights_dir=weights_dir, device=device, progress=progress,
+                                            precision=precision)
+    if precision != "float32":
+        raise InputError("precision= applies to the UPP segmenter only")
     if isinstance(segmenter, str):
         raise InputError(f"unknown segmenter {segmenter!r}; use 'upp' or pass a Segmenter object")
     missing = [a for a in ("class_names", "name", "weights_id", "preprocessing", "device", "segment")

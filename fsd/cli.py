@@ -143,6 +143,10 @@ def cli() -> None:
 
 
 def _segmenter_options(f):
+    f = click.option("--precision", type=click.Choice(["float32", "tf32", "bfloat16", "float16"]), default="float32",
+                     show_default=True,
+                     help="float32: the paper's labels. tf32/bfloat16/float16: faster on GPUs, labels differ slightly "
+                          "(see benchmarks/README.md); such statistics are never compared with float32 ones.")(f)
     f = click.option("--num-classes", type=click.IntRange(min=1),
                      help="Number of classes, for --segmenter labelmap.")(f)
     f = click.option("--segmenter", type=click.Choice(["upp", "labelmap"]), default="upp", show_default=True,
@@ -218,8 +222,8 @@ def _generator_options(f):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, device, batch_size, num_workers,
-                    num_samples, seed, weights_dir, skip_bad_images, segmenter, num_classes, show_report, top_k,
-                    sort, report_csv, plot_path, as_json, quiet, debug) -> None:
+                    num_samples, seed, weights_dir, skip_bad_images, segmenter, num_classes, precision,
+                    show_report, top_k, sort, report_csv, plot_path, as_json, quiet, debug) -> None:
     """FSD between REAL and FAKE (image folders, saved .npz statistics, lsun_church / lsun_bedroom, or a
     generator with --generator)."""
 
@@ -258,7 +262,7 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                                                   name=generator_spec)
                 sides = [real, fake_source] if not save_stats else [save_stats[0]]
                 seg = _make_segmenter(segmenter, num_classes, rank_device, weights_dir, progress,
-                                      needed=not all(_is_stats_file(p) for p in sides))
+                                      needed=not all(_is_stats_file(p) for p in sides), precision=precision)
                 return fake_source, seg
 
             fake_source, seg = run_on_all_ranks(world, setup)
@@ -387,12 +391,15 @@ def _is_stats_file(path) -> bool:
     return baseline_name(path) is not None
 
 
-def _make_segmenter(kind: str, num_classes: int | None, device, weights_dir, progress: bool, needed: bool):
+def _make_segmenter(kind: str, num_classes: int | None, device, weights_dir, progress: bool, needed: bool,
+                    precision: str = "float32"):
     if kind == "labelmap":
         from .segmenters.labelmap import LabelMapSegmenter
 
         if num_classes is None:
             raise click.UsageError("--segmenter labelmap needs --num-classes")
+        if precision != "float32":
+            raise click.UsageError("--precision applies to --segmenter upp only")
         return LabelMapSegmenter(num_classes)
     if num_classes is not None:
         raise click.UsageError("--num-classes applies only to --segmenter labelmap")
@@ -400,7 +407,7 @@ def _make_segmenter(kind: str, num_classes: int | None, device, weights_dir, pro
         return None
     from .api import load_segmenter
 
-    return load_segmenter("upp", device=device, weights_dir=weights_dir, progress=progress)
+    return load_segmenter("upp", device=device, weights_dir=weights_dir, progress=progress, precision=precision)
 
 
 def _check_stats_output(out: str) -> None:

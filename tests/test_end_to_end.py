@@ -50,3 +50,17 @@ def test_cli_end_to_end_matches_the_api(setup):
     expected = fsd.frechet_distance(pct_r.mean(0), np.cov(pct_r, rowvar=False), pct_f.mean(0), np.cov(pct_f, rowvar=False))
     assert payload["fsd"] == pytest.approx(expected.value, rel=1e-9)
     assert payload["mean_term"] == pytest.approx(expected.mean_term, rel=1e-9)
+
+
+def test_reduced_precision_statistics_are_marked_and_never_mixed_with_float32(setup, tmp_path):
+    root = setup
+    common = ["--weights-dir", str(root / "weights"), "--device", "cpu", "-q", "--num-workers", "0"]
+    # bfloat16 autocast runs on CPU too; the saved statistics carry the mode in their weights id
+    for precision, name in (("float32", "f32.npz"), ("bfloat16", "bf16.npz")):
+        proc = subprocess.run([sys.executable, "-m", "fsd", "--save-stats", str(root / "fake"), str(tmp_path / name),
+                               "--precision", precision, *common], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+    assert fsd.Stats.load(tmp_path / "bf16.npz").meta.weights.endswith("+bf16")
+    mixed = subprocess.run([sys.executable, "-m", "fsd", str(tmp_path / "f32.npz"), str(tmp_path / "bf16.npz")],
+                           capture_output=True, text=True, timeout=600)
+    assert mixed.returncode == 2 and "weights" in mixed.stderr
