@@ -63,7 +63,7 @@ def main() -> None:
     print(common.machine_description(torch.device(device)))
     counts = [int(c) for c in args.counts.split(",")]
     runs = [(n, False) for n in counts] + [(counts[0], True)]
-    print(f"\n{'run':34s} {'N':>6s} {'s':>7s} {'host peak MB':>13s} {'(after model load)':>19s} "
+    print(f"\n{'run':34s} {'N':>6s} {'s':>7s} {'host peak MB':>13s} {'(peak before run)':>19s} "
           f"{'loader worker peak MB':>22s} {'device peak MB':>15s}")
     for n, naive in runs:
         folder = common.write_jpeg_folder(args.workdir / f"jpeg-{n}", n, seed=3)
