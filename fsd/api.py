@@ -94,14 +94,6 @@ class PerImage:
     skipped: tuple[tuple[str, str], ...] = field(default=())
 
 
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def load_segmenter(
     segmenter: Segmenter | str | None = None,
     *,

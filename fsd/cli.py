@@ -255,8 +255,9 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                 fake_source = fake
                 if generator_spec:
                     from .generators import GeneratorSource, load_generator
+                    from .segmenters.upp import default_device
 
-                    generator = load_generator(generator_spec, device=rank_device or api.default_device(),
+                    generator = load_generator(generator_spec, device=rank_device or default_device(),
                                                weights_dir=weights_dir, progress=progress)
                     fake_source = GeneratorSource(generator, z_dim=z_dim, value_range=value_range,
                                                   name=generator_spec)
@@ -315,7 +316,7 @@ def sample_command(generator_spec, out_dir, num_samples, seed, z_dim, value_rang
     """
 
     def action() -> None:
-        from .api import default_device
+        from .segmenters.upp import default_device
         from .distributed import current_world, local_device, run_on_all_ranks
         from .generators import GeneratorSource, load_generator, save_samples
 
