@@ -119,7 +119,7 @@ def _load_generator(spec: str, device, weights_dir: str | None, progress: bool):
 
 
 def _device(device: str | None):
-    from fsd.api import default_device
+    from fsd.segmenters.upp import default_device
 
     import torch
 
