@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,18 @@ class ColorSegmenter:
         labels = images.argmax(dim=1) + 1
         labels[images.max(dim=1).values < 40] = 0
         return labels
+
+
+@contextmanager
+def serving(httpd):
+    """Serve ``httpd`` (a local test server) on a daemon thread for the duration of the block."""
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 @pytest.fixture(scope="module")

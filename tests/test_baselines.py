@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from tests.conftest import serving
 import fsd
 import fsd.cli
 from fsd import baselines
@@ -53,11 +53,8 @@ def server() -> Iterator[Files]:
     httpd = Files(("127.0.0.1", 0), Handler)
     httpd.routes, httpd.requests = {}, []
     httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}/seeing"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(httpd):
+        yield httpd
 
 
 def tally(n: int, seed: int) -> np.ndarray:

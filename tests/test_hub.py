@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import serving
 from fsd import hub
 from fsd.errors import DownloadError, InputError, WeightsError
 from fsd.hub import Artifact, RemoteFile, cache_dir, fetch, fetch_file, sha256_of
@@ -61,11 +62,8 @@ def server() -> Iterator[Server]:
     state = Server(base="")
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    with serving(httpd):
+        yield state
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from torchvision.models.resnet import Bottleneck as TorchvisionBottleneck
 
 from fsd.errors import WeightsError
 from fsd.segmenters.prroi import prroi_matrix
+from fsd.checkpoints import expected_shapes, read_state_dict
 from fsd.segmenters.upernet import (
     HeadSizes,
     ResNet50DeepStem,
@@ -17,9 +18,7 @@ from fsd.segmenters.upernet import (
     check_structure,
     decoder_shapes,
     encoder_shapes,
-    expected_shapes,
     load_state_dict_checked,
-    read_state_dict,
 )
 from tests.synthetic import (
     DECODER_FILE,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fsd.checkpoints import check_state_dict, expected_shapes, read_state_dict  # noqa: F401 (re-exported)
+from fsd.checkpoints import check_state_dict, expected_shapes
 from fsd.checkpoints import load_state_dict_checked as load_checked
 from fsd.errors import InputError
 from fsd.segmenters.prroi import prroi_pool_whole

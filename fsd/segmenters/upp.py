@@ -30,12 +30,12 @@ import torch.nn.functional as F
 
 from fsd.errors import InputError, WeightsError
 from fsd.segmenters.base import PAPER_PREPROCESSING, Preprocessing
+from fsd.checkpoints import read_state_dict
 from fsd.segmenters.upernet import (
     HeadSizes,
     ResNet50DeepStem,
     UPerNetDecoder,
     load_state_dict_checked,
-    read_state_dict,
 )
 
 UPP_NAME = "upp-resnet50-upernet"

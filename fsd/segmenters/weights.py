@@ -11,12 +11,12 @@ from pathlib import Path
 
 from fsd.errors import WeightsError
 from fsd.hub import Artifact, RemoteFile
+from fsd.checkpoints import read_state_dict
 from fsd.segmenters.upernet import (
     HeadSizes,
     check_structure,
     decoder_shapes,
     encoder_shapes,
-    read_state_dict,
 )
 from fsd.segmenters.upp import DECODER_FILE, ENCODER_FILE, LABELS_FILE, UPP_NAME, read_labels
 
