@@ -8,9 +8,12 @@
 __version__ = "0.1.0"
 
 from .api import (  # noqa: E402
+    Comparison,
     FSDResult,
+    PairComparison,
     PerImage,
     class_percentages_of,
+    compare,
     compute,
     compute_stats,
     distance,
@@ -41,7 +44,9 @@ from .sources import (  # noqa: E402
     ZipSource,
     open_source,
 )
+from .rows import Rows  # noqa: E402
 from .stats import Stats, StatsMeta  # noqa: E402
+from .uncertainty import BootstrapSettings  # noqa: E402
 
 
 def plot_omissions(*args, **kwargs):
@@ -52,8 +57,8 @@ def plot_omissions(*args, **kwargs):
 
 
 __all__ = [
-    "__version__", "compute", "compute_stats", "distance", "class_percentages_of", "load_segmenter",
-    "FSDResult", "PerImage", "Stats", "StatsMeta", "FrechetDistance", "frechet_distance",
+    "__version__", "compute", "compute_stats", "distance", "compare", "class_percentages_of", "load_segmenter",
+    "FSDResult", "Comparison", "PairComparison", "BootstrapSettings", "PerImage", "Stats", "StatsMeta", "Rows", "FrechetDistance", "frechet_distance",
     "Segmenter", "Preprocessing", "class_counts", "class_percentages", "LabelMapSegmenter",
     "MapSource", "FolderSource", "ZipSource", "ArraySource", "ArrayFileSource", "LmdbSource",
     "SequenceSource", "SourceFormatError", "open_source", "plot_omissions",

@@ -28,8 +28,9 @@ from . import __version__
 from .baselines import baseline_name, load_baseline
 from .distributed import SINGLE, World, current_world, local_device, reduce_stats, run_on_all_ranks
 from .errors import InputError
-from .frechet import FrechetDistance, frechet_distance
+from .frechet import FrechetDistance
 from .generators import DEFAULT_VALUE_RANGE, GeneratorSource, ValueRange, ZSampler, as_generator_source
+from .report import ClassReport, VerdictRule, class_report
 from .segmenters.base import Segmenter, class_counts
 from .sources import (
     Batch,
@@ -39,7 +40,20 @@ from .sources import (
     open_source,
     select_indices,
 )
-from .stats import Stats, StatsMeta
+from .stats import NO_ROWS_ON_PURPOSE, RECOMPUTE_HINT, Stats, StatsMeta
+from .uncertainty import (
+    DEFAULT_LEVEL,
+    DEFAULT_METHOD,
+    DEFAULT_SAMPLES,
+    DEFAULT_SEED,
+    BootstrapSettings,
+    Extrapolation,
+    extrapolate,
+    interval,
+    replicates,
+    small_sample_note,
+    stats_distance,
+)
 
 
 @dataclass(frozen=True)
@@ -57,28 +71,80 @@ class RunOptions:
     distributed: bool | None = None
     checkpoint: str | os.PathLike | None = None
     checkpoint_every: int = 1000
+    keep_rows: bool = True
+
+
+Interval = tuple[float, float]
 
 
 @dataclass(frozen=True)
 class FSDResult:
-    """The score, its two terms, and the statistics of each side."""
+    """The score, its two terms, the statistics of each side, and how sure the score is.
+
+    ``fsd_ci``, ``mean_term_ci``, ``covariance_term_ci``: ``(low, high)`` bootstrap intervals at
+    ``ci_level`` for the population values (see `fsd.uncertainty`), ``None`` without per-image rows or
+    with ``bootstrap=0``; ``bootstrap`` says how they were made; ``ci_note`` says why there is no
+    interval, or why it means little ("" otherwise). ``fsd_inf``, ``fsd_inf_se``: the bias-corrected FSD
+    and its standard error, when asked for (``fsd_inf=True``).
+    """
 
     fsd: float
     mean_term: float
     covariance_term: float
     real: Stats
     fake: Stats
+    fsd_ci: Interval | None = None
+    mean_term_ci: Interval | None = None
+    covariance_term_ci: Interval | None = None
+    ci_level: float | None = None
+    bootstrap: BootstrapSettings | None = None
+    ci_note: str = ""
+    fsd_inf: float | None = None
+    fsd_inf_se: float | None = None
+    extrapolation: Extrapolation | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        return {
+        def pair(ci: Interval | None) -> list[float] | None:
+            return None if ci is None else [ci[0], ci[1]]
+
+        out = {
             "fsd": self.fsd,
             "mean_term": self.mean_term,
             "covariance_term": self.covariance_term,
-            "real": {"n": self.real.n, "source": self.real.meta.source},
-            "fake": {"n": self.fake.n, "source": self.fake.meta.source},
+            "fsd_ci": pair(self.fsd_ci),
+            "mean_term_ci": pair(self.mean_term_ci),
+            "covariance_term_ci": pair(self.covariance_term_ci),
+            "ci_level": self.ci_level,
+            "bootstrap": None if self.bootstrap is None else self.bootstrap.to_dict(),
+            "ci_note": self.ci_note or None,
+            "real": {"n": self.real.n, "source": self.real.meta.source, "rows": self.real.has_rows},
+            "fake": {"n": self.fake.n, "source": self.fake.meta.source, "rows": self.fake.has_rows},
             "segmenter": self.real.meta.segmenter,
             "weights": self.real.meta.weights,
         }
+        if self.extrapolation is not None:
+            out["fsd_inf"] = self.fsd_inf
+            out["fsd_inf_se"] = self.fsd_inf_se
+            out["fsd_inf_points"] = self.extrapolation.to_dict()["points"]
+        return out
+
+    def summary(self) -> str:
+        """One line: ``FSD: 28.4100  (95% CI 27.3000 to 29.6200; mean term 6.0200, covariance term 22.3900)``."""
+        if self.fsd_ci is not None:
+            interval = f"{self.ci_level * 100:g}% CI {self.fsd_ci[0]:.4f} to {self.fsd_ci[1]:.4f}"
+            if self.ci_note:
+                interval += f", {self.ci_note}"
+            interval += "; "
+        elif self.ci_note:
+            interval = f"{self.ci_note}; "
+        else:
+            interval = ""
+        line = (f"FSD: {self.fsd:.4f}  ({interval}mean term {self.mean_term:.4f}, "
+                f"covariance term {self.covariance_term:.4f})")
+        if self.fsd_inf is not None:
+            line += (f"\nFSD_inf: {self.fsd_inf:.4f}  (standard error {self.fsd_inf_se:.4f}; FSD extrapolated to "
+                     "infinitely many images)")
+        return line
 
     def __float__(self) -> float:
         return self.fsd
@@ -251,15 +317,16 @@ def _batches(plan: _Plan, indices: list[int], segmenter: Segmenter, options: Run
 def _segment_counts(
     plan: _Plan, segmenter: Segmenter, options: RunOptions, world: World, skipped: list[tuple[str, str]],
     start: int = 0,
-) -> Iterator[tuple[np.ndarray, list[str]]]:
-    """Per-image class pixel counts (B, C) int64 of ``plan.indices[start:]``, batch by batch."""
+) -> Iterator[tuple[np.ndarray, list[str], list[int]]]:
+    """Per-image class pixel counts (B, C) int64 of ``plan.indices[start:]``, batch by batch, with the
+    images' identities and source indices."""
     device = segmenter.device
     total = len(plan.indices)
     with _progress_bar(total, plan.description or "images", options.progress and world.is_main) as bar:
         bar.update(start)
         for batch in _batches(plan, plan.indices[start:], segmenter, options, skipped):
             labels = _segment(segmenter, batch, device)
-            yield class_counts(labels, len(segmenter.class_names)).cpu().numpy(), batch.ids
+            yield class_counts(labels, len(segmenter.class_names)).cpu().numpy(), batch.ids, batch.indices
             bar.update(len(batch.ids))
         bar.update(total - bar.n)
 
@@ -293,7 +360,7 @@ class _Checkpoint:
         self.path, self.every = os.fspath(path), every
         digest = hashlib.sha256()
         digest.update(json.dumps([meta.segmenter, meta.weights, meta.preprocessing, list(meta.class_names),
-                                  options.skip_bad_images]).encode())
+                                  options.skip_bad_images, options.keep_rows]).encode())
         for identity in plan.identities():
             digest.update(identity.encode("utf-8", "surrogateescape") + b"\0")
         self.fingerprint = digest.hexdigest()
@@ -331,7 +398,7 @@ def _stats_of(source: MapSource | GeneratorSource, segmenter: Segmenter, options
 
     def local() -> Stats:
         plan = _plan(source, options, world)
-        stats = Stats(_meta_for(segmenter, plan.description), pixels_per_image=h * w)
+        stats = Stats(_meta_for(segmenter, plan.description), pixels_per_image=h * w, keep_rows=options.keep_rows)
         checkpoint, start = None, 0
         if options.checkpoint is not None:
             if world.size > 1:
@@ -340,8 +407,8 @@ def _stats_of(source: MapSource | GeneratorSource, segmenter: Segmenter, options
             start, restored = checkpoint.load(stats)
             skipped.extend(restored)
         consumed, last_saved = start, start
-        for batch_counts, _ in _segment_counts(plan, segmenter, options, world, skipped, start):
-            stats.update(batch_counts)
+        for batch_counts, ids, indices in _segment_counts(plan, segmenter, options, world, skipped, start):
+            stats.update(batch_counts, ids=ids, index=indices)
             consumed = stats.n + len(skipped)  # images done so far, restored ones included
             if checkpoint is not None and consumed - last_saved >= checkpoint.every:
                 checkpoint.save(stats, consumed, skipped)
@@ -382,6 +449,7 @@ def compute_stats(
     distributed: bool | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1000,
+    keep_rows: bool = True,
 ) -> Stats:
     """Statistics of one source: a folder of images, a saved ``.npz`` or baseline name (returned as
     loaded), a `GeneratorSource`, or ``generator=G`` (see `fsd.generators` for ``z_dim``, ``z_sampler``,
@@ -390,6 +458,9 @@ def compute_stats(
     ``num_samples`` picks a subset of a file source by the paper's rule (``random.Random(seed).shuffle``;
     asking for more images than exist is an error), or is the number of samples of a generator, whose
     latents are seeded by ``seed``. ``distributed``: see `fsd.distributed.current_world`.
+
+    ``keep_rows``: keep each image's class counts and identity next to the sums (see `fsd.rows`), which
+    intervals, prevalence and example images need; ``False`` keeps the sums only.
 
     ``checkpoint``: a file where the exact partial sums are saved (atomically) every
     ``checkpoint_every`` images. If the run is interrupted, the same call resumes from it; it is removed
@@ -401,7 +472,7 @@ def compute_stats(
     if checkpoint_every < 1:
         raise InputError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
     options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress,
-                         skip_bad_images, distributed, checkpoint, checkpoint_every)
+                         skip_bad_images, distributed, checkpoint, checkpoint_every, keep_rows)
     source = _generator_side(source, generator, z_dim, z_sampler, value_range, output_hook, "source")
     world = current_world(distributed)
     (opened,), seg = _open_all([source], segmenter, options, world)
@@ -429,6 +500,12 @@ def compute(
     progress: bool = True,
     skip_bad_images: bool = False,
     distributed: bool | None = None,
+    keep_rows: bool = True,
+    bootstrap: int | None = None,
+    ci_level: float = DEFAULT_LEVEL,
+    bootstrap_seed: int = DEFAULT_SEED,
+    ci_method: str = DEFAULT_METHOD,
+    fsd_inf: bool = False,
 ) -> FSDResult:
     """FSD between two sources (folders, saved ``.npz`` statistics, `Stats`, baseline names, generators).
 
@@ -438,34 +515,255 @@ def compute(
     comparing ``real`` with a folder of the generator's samples (subset the real side with
     ``compute_stats(real, num_samples=...)`` and pass the `Stats`).
 
+    How sure the number is (see `distance`): ``bootstrap`` replicates for the intervals (default 1000
+    when both sides have per-image rows, 0: none), ``ci_level``, ``bootstrap_seed``, ``ci_method``, and
+    ``fsd_inf=True`` for the bias-corrected FSD. ``keep_rows=False`` keeps only the sums (no intervals).
+
     >>> result = fsd.compute("real_images/", "generated/")  # doctest: +SKIP
-    >>> result.fsd, result.mean_term, result.covariance_term  # doctest: +SKIP
+    >>> result.fsd, result.fsd_ci, result.mean_term, result.covariance_term  # doctest: +SKIP
     >>> fsd.compute("lsun_church", generator=G, z_dim=512, num_samples=10_000)  # doctest: +SKIP
     """
+    settings = _bootstrap_settings(bootstrap, ci_level, bootstrap_seed, ci_method)
     options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress,
-                         skip_bad_images, distributed)
+                         skip_bad_images, distributed, keep_rows=keep_rows)
     fake = _generator_side(fake, generator, z_dim, z_sampler, value_range, output_hook, "fake")
     world = current_world(distributed)
     opened, seg = _open_all([real, fake], segmenter, options, world)
     real_options = replace(options, num_samples=None) if isinstance(opened[1], GeneratorSource) else options
     sides = [o if isinstance(o, Stats) else _stats_of(o, seg, side_options, world)
              for o, side_options in zip(opened, (real_options, options))]
-    return distance(*sides)
+    return _distance(*sides, settings=settings, explicit=bootstrap is not None, fsd_inf=fsd_inf)
 
 
-def distance(real: Stats, fake: Stats) -> FSDResult:
-    """FSD between two sets of statistics, after checking they were made the same way."""
+def _bootstrap_settings(bootstrap: int | None, ci_level: float, seed: int, method: str) -> BootstrapSettings:
+    samples = DEFAULT_SAMPLES if bootstrap is None else bootstrap
+    return BootstrapSettings(samples, ci_level, seed, method)
+
+
+def distance(
+    real: Stats,
+    fake: Stats,
+    *,
+    bootstrap: int | None = None,
+    ci_level: float = DEFAULT_LEVEL,
+    bootstrap_seed: int = DEFAULT_SEED,
+    ci_method: str = DEFAULT_METHOD,
+    fsd_inf: bool = False,
+) -> FSDResult:
+    """FSD between two sets of statistics, after checking they were made the same way, with its intervals.
+
+    The intervals (``fsd_ci``, ``mean_term_ci``, ``covariance_term_ci``) come from ``bootstrap``
+    replicates of both sets, resampled from their per-image rows (`fsd.uncertainty`); by default 1000 when
+    both sides have rows, and none (with ``ci_note`` saying why) when one has not. Asking for
+    ``bootstrap=B > 0`` or ``fsd_inf=True`` on statistics without rows is an `InputError` saying how to
+    recompute them.
+    """
+    settings = _bootstrap_settings(bootstrap, ci_level, bootstrap_seed, ci_method)
+    return _distance(real, fake, settings=settings, explicit=bootstrap is not None, fsd_inf=fsd_inf)
+
+
+def _check_sides(real: Stats, fake: Stats, stacklevel: int) -> None:
     real.meta.check_comparable(fake.meta)
+    if real.pixels_per_image != fake.pixels_per_image:
+        raise InputError(f"cannot compare statistics over {real.pixels_per_image} and {fake.pixels_per_image} "
+                         "pixels per image; recompute one side with the other's segmenter settings")
     for name, stats in (("real", real), ("fake", fake)):
+        if stats.n < 2:
+            raise InputError(f"the {name} set has {stats.n} image(s); FSD needs at least 2 per set "
+                             "(the paper uses 10,000)")
         observed = stats.observed_classes()
         if stats.n <= observed:
             warnings.warn(
                 f"the {name} set has {stats.n} images but {observed} classes occur: its covariance is "
                 "rank-deficient and FSD is a noisy estimate; use more images (the paper uses 10,000)",
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
-    d: FrechetDistance = frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma)
-    return FSDResult(d.value, d.mean_term, d.covariance_term, real, fake)
+
+
+def _missing_rows(sides: list[tuple[str, Stats]]) -> str:
+    for name, stats in sides:
+        if stats.rows is None:
+            label = stats.meta.source or f"the {name} statistics"
+            return f"no interval: {label} has no per-image rows"
+    return ""
+
+
+def _distance(real: Stats, fake: Stats, *, settings: BootstrapSettings, explicit: bool, fsd_inf: bool) -> FSDResult:
+    _check_sides(real, fake, stacklevel=4)
+    d: FrechetDistance = stats_distance(real, fake)
+    fields: dict = {}
+    missing = _missing_rows([("real", real), ("fake", fake)])
+    if missing and (explicit and settings.samples > 0 or fsd_inf):
+        side = real if real.rows is None else fake
+        side.require_rows("a bootstrap interval" if not fsd_inf else "the bias-corrected FSD (fsd_inf)")
+    if settings.samples > 0 and not missing:
+        values = replicates(real, [fake], settings.samples, settings.seed)[:, 0]
+        cis = [interval(estimate, values[:, k], settings.level, settings.method)
+               for k, estimate in enumerate((d.value, d.mean_term, d.covariance_term))]
+        fields.update(fsd_ci=cis[0], mean_term_ci=cis[1], covariance_term_ci=cis[2], ci_level=settings.level,
+                      bootstrap=settings, ci_note=small_sample_note([("real", real), ("generated", fake)]))
+    elif missing:
+        fields["ci_note"] = missing
+        if not any(NO_ROWS_ON_PURPOSE in s.rows_note for s in (real, fake) if s.rows is None):
+            warnings.warn(f"{missing}; {RECOMPUTE_HINT}", stacklevel=3)
+    if fsd_inf:
+        ext = extrapolate(real, fake, settings.seed)
+        fields.update(fsd_inf=ext.value, fsd_inf_se=ext.se, extrapolation=ext)
+    return FSDResult(d.value, d.mean_term, d.covariance_term, real, fake, **fields)
+
+
+@dataclass(frozen=True)
+class PairComparison:
+    """Two models against the same real set: ``difference = fsd(a) - fsd(b)`` with its paired-bootstrap
+    interval, ``support`` (the share of replicates in which ``a`` is closer to the real set), and the
+    per-class report of ``b`` against ``a`` (its verdicts: the classes in which the two differ)."""
+
+    a: int
+    b: int
+    difference: float
+    difference_ci: Interval | None
+    support: float | None
+    classes: ClassReport
+
+    def to_dict(self, models: tuple[FSDResult, ...]) -> dict:
+        too_few, too_many = self.classes.notable_changes()
+        return {
+            "a": models[self.a].fake.meta.source,
+            "b": models[self.b].fake.meta.source,
+            "difference": self.difference,
+            "difference_ci": None if self.difference_ci is None else list(self.difference_ci),
+            "support": self.support,
+            "b_fewer": [r.name for r in too_few],
+            "b_more": [r.name for r in too_many],
+        }
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Several generated sets against one real set (`compare`)."""
+
+    models: tuple[FSDResult, ...]
+    pairs: tuple[PairComparison, ...]
+    names: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        models = [{"source": m.fake.meta.source, "name": name, "n": m.fake.n, "fsd": m.fsd,
+                   "fsd_ci": None if m.fsd_ci is None else list(m.fsd_ci), "mean_term": m.mean_term,
+                   "covariance_term": m.covariance_term}
+                  for m, name in zip(self.models, self.names)]
+        first = self.models[0]
+        return {
+            "real": {"n": first.real.n, "source": first.real.meta.source},
+            "ci_level": first.ci_level,
+            "bootstrap": None if first.bootstrap is None else first.bootstrap.to_dict(),
+            "ci_note": first.ci_note or None,
+            "models": models,
+            "pairs": [p.to_dict(self.models) for p in self.pairs],
+        }
+
+    def format(self) -> str:
+        """The models' scores, then one line per pair."""
+        lines = []
+        for name, m in zip(self.names, self.models):
+            lines.append(f"{name}: {m.summary()}")
+        for p in self.pairs:
+            a, b = self.names[p.a], self.names[p.b]
+            if p.difference_ci is not None:
+                level = self.models[0].ci_level * 100
+                evidence = (f"{level:g}% CI {p.difference_ci[0]:+.4f} to {p.difference_ci[1]:+.4f}; {a} closer in "
+                            f"{p.support * 100:.1f}% of bootstrap replicates")
+            else:
+                evidence = "no interval"
+            lines.append(f"{a} - {b}: {p.difference:+.4f}  ({evidence})")
+            too_few, too_many = p.classes.notable_changes()
+            if too_few or too_many:
+                lines.append(f"  {b} against {a}: {p.classes.summary()}")
+            else:
+                lines.append(f"  no class differs significantly between {a} and {b}")
+        return "\n".join(lines)
+
+
+def compare(
+    real,
+    fakes: list,
+    *,
+    names: list[str] | None = None,
+    segmenter: Segmenter | str | None = None,
+    device: str | torch.device | None = None,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    num_samples: int | None = None,
+    seed: int = 1,
+    weights_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+    skip_bad_images: bool = False,
+    distributed: bool | None = None,
+    bootstrap: int | None = None,
+    ci_level: float = DEFAULT_LEVEL,
+    bootstrap_seed: int = DEFAULT_SEED,
+    ci_method: str = DEFAULT_METHOD,
+    fsd_inf: bool = False,
+    rule: VerdictRule = VerdictRule(),
+) -> Comparison:
+    """Several models (generated sets) against one real set: each FSD with its interval, and for every
+    pair the difference of their FSDs with a paired-bootstrap interval (each replicate resamples the real
+    set once for all models), the share of replicates in which the first is closer, and the classes in
+    which the two differ significantly. Each source is segmented once.
+
+    >>> c = fsd.compare("real/", ["model_a/", "model_b/"])  # doctest: +SKIP
+    >>> c.pairs[0].difference, c.pairs[0].difference_ci, c.pairs[0].support  # doctest: +SKIP
+    """
+    fakes = list(fakes)
+    if len(fakes) < 2:
+        raise InputError(f"compare needs at least two generated sets, got {len(fakes)}; for one, use fsd.compute")
+    if names is not None and len(names) != len(fakes):
+        raise InputError(f"got {len(names)} names for {len(fakes)} generated sets")
+    settings = _bootstrap_settings(bootstrap, ci_level, bootstrap_seed, ci_method)
+    options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress,
+                         skip_bad_images, distributed)
+    world = current_world(distributed)
+    opened, seg = _open_all([real, *fakes], segmenter, options, world)
+    sides = [o if isinstance(o, Stats) else _stats_of(o, seg, options, world) for o in opened]
+    real_stats, fake_stats = sides[0], sides[1:]
+    for f in fake_stats:
+        _check_sides(real_stats, f, stacklevel=3)
+    missing = _missing_rows([("real", real_stats)] + [(f"model {j + 1}", f) for j, f in enumerate(fake_stats)])
+    if missing and (bootstrap is not None and settings.samples > 0 or fsd_inf):
+        for s in sides:
+            s.require_rows("a paired bootstrap" if not fsd_inf else "the bias-corrected FSD (fsd_inf)")
+    values = None
+    if settings.samples > 0 and not missing:
+        values = replicates(real_stats, fake_stats, settings.samples, settings.seed, "a paired bootstrap")
+    models = []
+    for j, f in enumerate(fake_stats):
+        d = stats_distance(real_stats, f)
+        fields: dict = {}
+        if values is not None:
+            cis = [interval(e, values[:, j, k], settings.level, settings.method)
+                   for k, e in enumerate((d.value, d.mean_term, d.covariance_term))]
+            fields.update(fsd_ci=cis[0], mean_term_ci=cis[1], covariance_term_ci=cis[2], ci_level=settings.level,
+                          bootstrap=settings, ci_note=small_sample_note([("real", real_stats), ("generated", f)]))
+        elif missing:
+            fields["ci_note"] = missing
+        if fsd_inf:
+            ext = extrapolate(real_stats, f, settings.seed)
+            fields.update(fsd_inf=ext.value, fsd_inf_se=ext.se, extrapolation=ext)
+        models.append(FSDResult(d.value, d.mean_term, d.covariance_term, real_stats, f, **fields))
+    labels = tuple(names) if names is not None else tuple(f.meta.source or f"model {j + 1}"
+                                                         for j, f in enumerate(fake_stats))
+    pairs = []
+    for a in range(len(models)):
+        for b in range(a + 1, len(models)):
+            difference = models[a].fsd - models[b].fsd
+            ci = support = None
+            if values is not None:
+                deltas = values[:, a, 0] - values[:, b, 0]
+                ci = interval(difference, deltas, settings.level, settings.method, non_negative=False)
+                support = float(np.mean(values[:, a, 0] < values[:, b, 0]))
+            report = class_report(fake_stats[a], fake_stats[b], rule=rule, level=settings.level,
+                                  labels=(labels[a], labels[b]))
+            pairs.append(PairComparison(a, b, difference, ci, support, report))
+    return Comparison(tuple(models), tuple(pairs), labels)
 
 
 def class_percentages_of(
@@ -490,7 +788,7 @@ def class_percentages_of(
         raise InputError("saved statistics hold no per-image values; pass the images themselves")
     size = segmenter.preprocessing.size
     rows, ids, skipped = [], [], []
-    for counts, batch_ids in _segment_counts(_plan(opened, options, SINGLE), segmenter, options, SINGLE, skipped):
+    for counts, batch_ids, _ in _segment_counts(_plan(opened, options, SINGLE), segmenter, options, SINGLE, skipped):
         rows.append(counts)
         ids.extend(batch_ids)
     counts = np.concatenate(rows) if rows else np.zeros((0, len(segmenter.class_names)), np.int64)

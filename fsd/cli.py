@@ -21,6 +21,11 @@ from . import __version__
 from .errors import FSDError, InputError
 
 
+SORT_CHOICES = ["real", "relative", "absolute", "significance"]
+SORT_OPTION_HELP = ("Order of the per-class table: real (mean area in the real set), relative (|relative change|), "
+                    "absolute (|change| in percentage points), each largest first; significance (smallest q-value first).")
+
+
 class DefaultCommandGroup(click.Group):
     """A group whose first argument names a subcommand only if it is one and is not an existing path;
     anything else runs the ``default_command``. So ``fsd REAL FAKE`` runs ``compute``, ``fsd report ...``
@@ -133,6 +138,7 @@ def cli() -> None:
       fsd lsun_church FAKE               against the paper's published baseline (or lsun_bedroom)
       fsd --save-stats SOURCE OUT.npz    save the statistics of a folder for later
       fsd report REAL.npz FAKE.npz       per-class report and figure from saved statistics
+      fsd compare REAL FAKE_A FAKE_B     several models against one real set, with paired intervals
       fsd sample SPEC OUT_DIR -n N       write N samples of a generator as PNG files
 
     \b
@@ -159,8 +165,8 @@ def _report_options(f):
     f = click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
                      help="Write the paper's figure (PNG, PDF or SVG by extension; needs matplotlib).")(f)
     f = click.option("--report-csv", type=click.Path(dir_okay=False), help="Write every class's row as CSV.")(f)
-    f = click.option("--sort", type=click.Choice(["real", "relative", "absolute"]), default="real",
-                     show_default=True, help="Order of the per-class table.")(f)
+    f = click.option("--sort", type=click.Choice(SORT_CHOICES), default="real",
+                     show_default=True, help=SORT_OPTION_HELP)(f)
     f = click.option("--top-k", type=click.IntRange(min=1), default=30, show_default=True,
                      help="Classes shown in the table and the figure.")(f)
     f = click.option("--report", "show_report", is_flag=True, help="Print the per-class table after the score.")(f)
@@ -180,6 +186,28 @@ def _parse_value_range(ctx, param, value: str):
         return parse_value_range((low, high))
     except InputError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def _uncertainty_options(f):
+    f = click.option("--q-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+                     show_default=True,
+                     help="False discovery rate below which a class difference is significant (a class gets the "
+                          "verdict too few / too many only when significant and large enough).")(f)
+    f = click.option("--fsd-inf", is_flag=True,
+                     help="Also report FSD_inf, FSD extrapolated to infinitely many images (Chong and Forsyth, "
+                          "CVPR 2020), and its standard error. Needs per-image rows.")(f)
+    f = click.option("--bootstrap-seed", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="Seed of the bootstrap resampling.")(f)
+    f = click.option("--ci-level", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.95,
+                     show_default=True, help="Confidence level of the intervals.")(f)
+    f = click.option("--bootstrap", "bootstrap", type=click.IntRange(min=0), default=None, metavar="B",
+                     help="Bootstrap replicates for the confidence intervals (default 1000 whenever both sets "
+                          "have per-image rows; 0: no intervals).")(f)
+    return f
+
+
+def _uncertainty_kwargs(bootstrap, ci_level, bootstrap_seed, fsd_inf) -> dict:
+    return dict(bootstrap=bootstrap, ci_level=ci_level, bootstrap_seed=bootstrap_seed, fsd_inf=fsd_inf)
 
 
 def _generator_options(f):
@@ -216,13 +244,18 @@ def _generator_options(f):
               help="Folder holding upp-resnet50-upernet/{encoder_epoch_40.pth,decoder_epoch_40.pth,labels.json}; "
                    "used as is, never downloaded into. Default: $FSD_WEIGHTS_DIR, else the cache.")
 @click.option("--skip-bad-images", is_flag=True, help="Skip unreadable images (reported on stderr).")
+@click.option("--no-rows", is_flag=True,
+              help="Keep only the sums, not each image's class counts: less memory, but no confidence intervals, "
+                   "prevalence or FSD_inf.")
 @_segmenter_options
+@_uncertainty_options
 @_report_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, device, batch_size, num_workers,
-                    num_samples, seed, weights_dir, skip_bad_images, segmenter, num_classes, precision,
+                    num_samples, seed, weights_dir, skip_bad_images, no_rows, segmenter, num_classes, precision,
+                    bootstrap, ci_level, bootstrap_seed, fsd_inf, q_threshold,
                     show_report, top_k, sort, report_csv, plot_path, as_json, quiet, debug) -> None:
     """FSD between REAL and FAKE (image folders, saved .npz statistics, lsun_church / lsun_bedroom, or a
     generator with --generator)."""
@@ -236,6 +269,12 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                 raise InputError("--save-stats SOURCE OUT.npz takes no REAL/FAKE arguments")
             if generator_spec:
                 raise InputError("--save-stats SOURCE OUT.npz takes no --generator; use fsd sample, then save")
+            comparing = [name for name, given in (("--bootstrap", bootstrap is not None), ("--fsd-inf", fsd_inf),
+                                                  ("--ci-level", ci_level != 0.95),
+                                                  ("--bootstrap-seed", bootstrap_seed != 0),
+                                                  ("--q-threshold", q_threshold != 0.05)) if given]
+            if comparing:
+                raise click.UsageError(f"{', '.join(comparing)} apply when comparing two sets, not to --save-stats")
         elif generator_spec:
             if not real or fake:
                 raise click.UsageError("with --generator give REAL only: the generator is the fake side")
@@ -269,7 +308,7 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
             fake_source, seg = run_on_all_ranks(world, setup)
             common = dict(segmenter=seg, device=rank_device, batch_size=batch_size, num_workers=num_workers,
                           num_samples=num_samples, seed=seed, weights_dir=weights_dir, progress=progress,
-                          skip_bad_images=skip_bad_images)
+                          skip_bad_images=skip_bad_images, keep_rows=not no_rows)
             if save_stats:
                 source, out = save_stats
                 # A long run saves its exact partial sums next to OUT; rerunning resumes from them.
@@ -282,9 +321,10 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                 else:
                     _echo(f"saved statistics of {stats.n} images from {source} to {out}", err=True)
                 return
-            result = api.compute(real, fake_source, **common)
+            result = api.compute(real, fake_source, **common,
+                                 **_uncertainty_kwargs(bootstrap, ci_level, bootstrap_seed, fsd_inf))
             if world.is_main:
-                _print_result(result, as_json, show_report, top_k, sort, report_csv, plot_path)
+                _print_result(result, as_json, show_report, top_k, sort, report_csv, plot_path, q_threshold)
 
     run_guarded(debug, action)
 
@@ -342,16 +382,19 @@ def sample_command(generator_spec, out_dir, num_samples, seed, z_dim, value_rang
 @click.argument("fake", type=click.Path(dir_okay=False))
 @click.option("--top-k", type=click.IntRange(min=1), default=30, show_default=True,
               help="Classes shown in the table and the figure.")
-@click.option("--sort", type=click.Choice(["real", "relative", "absolute"]), default="real", show_default=True)
+@click.option("--sort", type=click.Choice(SORT_CHOICES), default="real", show_default=True, help=SORT_OPTION_HELP)
 @click.option("--report-csv", type=click.Path(dir_okay=False), help="Write every class's row as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False),
               help="Write the paper's figure (PNG, PDF or SVG by extension; needs matplotlib).")
 @click.option("--weights-dir", type=click.Path(file_okay=False),
               help="Folder of downloaded files, for the baseline names (their tally and labels.json).")
+@_uncertainty_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def report_command(real, fake, top_k, sort, report_csv, plot_path, weights_dir, as_json, debug) -> None:
-    """Score and per-class report from two saved statistics files or baseline names (no segmentation runs)."""
+def report_command(real, fake, top_k, sort, report_csv, plot_path, weights_dir, bootstrap, ci_level, bootstrap_seed,
+                   fsd_inf, q_threshold, as_json, debug) -> None:
+    """Score, intervals and per-class report from two saved statistics files or baseline names (no
+    segmentation runs)."""
 
     def action() -> None:
         _check_outputs(report_csv, plot_path)
@@ -368,8 +411,79 @@ def report_command(real, fake, top_k, sort, report_csv, plot_path, weights_dir, 
                 raise InputError(f"{path}: no such statistics file (nor a baseline name: lsun_church, lsun_bedroom)")
             return Stats.load(path)
 
-        result = api.distance(load(real), load(fake))
-        _print_result(result, as_json, True, top_k, sort, report_csv, plot_path)
+        result = api.distance(load(real), load(fake), **_uncertainty_kwargs(bootstrap, ci_level, bootstrap_seed,
+                                                                             fsd_inf))
+        _print_result(result, as_json, True, top_k, sort, report_csv, plot_path, q_threshold)
+
+    run_guarded(debug, action)
+
+
+@cli.command("compare")
+@click.argument("real", type=click.Path())
+@click.argument("fakes", nargs=-1, required=True, type=click.Path(), metavar="FAKE_A FAKE_B [...]")
+@click.option("--names", help="Comma-separated names of the generated sets, in order (default: their paths).")
+@click.option("--device", help="torch device, e.g. cuda, cuda:1, cpu, mps. Default: CUDA, else MPS, else CPU.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=None,
+              help="Image decoding processes. Default: up to 8 on Linux, 0 elsewhere.")
+@click.option("--num-samples", "-n", type=click.IntRange(min=1), default=None,
+              help="Use a random subset of this many images per set (the paper: 10000).")
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the subset choice.")
+@click.option("--weights-dir", type=click.Path(file_okay=False),
+              help="Folder holding upp-resnet50-upernet/ (see fsd --help).")
+@click.option("--skip-bad-images", is_flag=True, help="Skip unreadable images (reported on stderr).")
+@_segmenter_options
+@_uncertainty_options
+@click.option("--report", "show_report", is_flag=True,
+              help="Print the per-class table of each pair (the second model against the first).")
+@click.option("--top-k", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Classes shown in each table.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def compare_command(real, fakes, names, device, batch_size, num_workers, num_samples, seed, weights_dir,
+                    skip_bad_images, segmenter, num_classes, precision, bootstrap, ci_level, bootstrap_seed, fsd_inf,
+                    q_threshold, show_report, top_k, as_json, quiet, debug) -> None:
+    """Compare two or more generated sets (FAKE_A FAKE_B ...) against REAL: each FSD with its interval, and
+    for every pair the difference with a paired-bootstrap interval, how often the first is closer, and the
+    classes in which the two differ significantly. Each set is segmented once."""
+
+    def action() -> None:
+        from . import api
+        from .distributed import current_world, local_device, run_on_all_ranks
+        from .report import VerdictRule
+
+        if len(fakes) < 2:
+            raise InputError(f"compare needs at least two generated sets after REAL, got {len(fakes)}; "
+                             "for one, use fsd REAL FAKE")
+        labels = None
+        if names is not None:
+            labels = [n.strip() for n in names.split(",")]
+            if len(labels) != len(fakes):
+                raise InputError(f"--names gives {len(labels)} names for {len(fakes)} generated sets")
+        with _torchrun_session(device):
+            world = current_world()
+            rank_device = local_device(device, world)
+            progress = not quiet and world.is_main
+            seg = run_on_all_ranks(world, lambda: _make_segmenter(
+                segmenter, num_classes, rank_device, weights_dir, progress,
+                needed=not all(_is_stats_file(p) for p in (real, *fakes)), precision=precision))
+            comparison = api.compare(
+                real, list(fakes), names=labels, segmenter=seg, device=rank_device, batch_size=batch_size,
+                num_workers=num_workers, num_samples=num_samples, seed=seed, weights_dir=weights_dir,
+                progress=progress, skip_bad_images=skip_bad_images, rule=VerdictRule(q_threshold=q_threshold),
+                **_uncertainty_kwargs(bootstrap, ci_level, bootstrap_seed, fsd_inf))
+            if not world.is_main:
+                return
+            if as_json:
+                click.echo(json.dumps(comparison.to_dict(), allow_nan=False))
+                return
+            click.echo(comparison.format())
+            if show_report:
+                for pair in comparison.pairs:
+                    a, b = comparison.names[pair.a], comparison.names[pair.b]
+                    click.echo(f"\n{b} against {a}:")
+                    click.echo(pair.classes.format_table(top_k))
 
     run_guarded(debug, action)
 
@@ -434,20 +548,22 @@ def _check_outputs(report_csv: str | None, plot_path: str | None) -> None:
 
 
 def _print_result(result, as_json: bool, show_report: bool, top_k: int, sort: str,
-                  report_csv: str | None, plot_path: str | None) -> None:
+                  report_csv: str | None, plot_path: str | None, q_threshold: float = 0.05) -> None:
     """The score (and table) on stdout first, then the files, so a failing write never loses the score."""
+    from .report import VerdictRule
+
+    rule = VerdictRule(q_threshold=q_threshold)
     report = None
     if show_report or as_json or report_csv:
         from .report import class_report
 
-        report = class_report(result.real, result.fake, sort=sort)
+        report = class_report(result.real, result.fake, sort=sort, rule=rule, level=result.ci_level or 0.95)
     if as_json:
         payload = result.to_dict()
         payload["report"] = report.to_dict()
         click.echo(json.dumps(payload, allow_nan=False))
     else:
-        click.echo(f"FSD: {result.fsd:.4f}  (mean term {result.mean_term:.4f}, "
-                   f"covariance term {result.covariance_term:.4f})")
+        click.echo(result.summary())
         if show_report:
             click.echo(report.summary())
             click.echo(report.format_table(top_k))
@@ -456,7 +572,7 @@ def _print_result(result, as_json: bool, show_report: bool, top_k: int, sort: st
     if plot_path:
         from .report import plot_omissions, save_figure
 
-        save_figure(plot_omissions(result.real, result.fake, top_k=top_k, fsd=result.fsd), plot_path)
+        save_figure(plot_omissions(result, top_k=top_k, rule=rule, level=result.ci_level or 0.95), plot_path)
 
 
 def main() -> None:

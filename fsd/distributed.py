@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import FSDError, InputError
+from .rows import Rows
 from .stats import Stats
 
 T = TypeVar("T")
@@ -160,17 +161,30 @@ def unpack_sums(packed: torch.Tensor, num_classes: int) -> tuple[int, np.ndarray
     return int(values[0]), values[1 : 1 + c].copy(), values[1 + c : 1 + c + c * c].reshape(c, c).copy()
 
 
-def reduce_stats(stats: Stats, world: World) -> Stats:
-    """A new `Stats` holding the sums of every rank's ``stats`` (exact), and every rank's skipped images."""
+def reduce_stats(stats: Stats, world: World, distinct_ranks: bool = False) -> Stats:
+    """A new `Stats` holding the sums of every rank's ``stats`` (exact), every rank's skipped images, and
+    every rank's per-image rows (if every rank kept them).
+
+    Rows of a sharded source carry source indices, so sorted by index they are the single-process rows.
+    ``distinct_ranks``: the ranks' rows were numbered independently (a metric's updates); their
+    identities get a ``rank<r>/`` prefix so they stay distinct.
+    """
     if world.size == 1:
         return stats
-    total = Stats(stats.meta, stats.pixels_per_image)
     packed = all_reduce_sum(pack_sums(stats.n, stats.count_sum, stats.count_outer_sum))
-    total.n, total.count_sum, total.count_outer_sum = unpack_sums(packed, stats.num_classes)
-    skipped: list = [None] * world.size
-    dist.all_gather_object(skipped, list(stats.skipped))
-    total.skipped = tuple(item for share in skipped for item in share)
-    return total
+    n, count_sum, count_outer_sum = unpack_sums(packed, stats.num_classes)
+    shares: list = [None] * world.size
+    dist.all_gather_object(shares, (list(stats.skipped), stats.rows, stats.rows_note))
+    skipped = tuple(item for share, _, _ in shares for item in share)
+    rows = None
+    notes = [note for _, r, note in shares if r is None]
+    if not notes:
+        parts = [r for _, r, _ in shares]
+        if distinct_ranks:
+            parts = [replace(r, ids=tuple(f"rank{k}/{i}" for i in r.ids)) for k, r in enumerate(parts)]
+        rows = Rows.concatenate(parts, stats.num_classes)
+    return Stats.from_sums(stats.meta, stats.pixels_per_image, n, count_sum, count_outer_sum, rows=rows,
+                           rows_note=notes[0] if notes else "", skipped=skipped)
 
 
 def run_on_all_ranks(world: World, step: Callable[[], T]) -> T:

@@ -336,7 +336,8 @@ class GeneratorSource:
                 seed: int) -> Iterator[Batch]:
         """Preprocessed uint8 batches of the samples ``indices`` (ascending), identified ``generator[k]``."""
         for chunk, latents in self.latent_batches(indices, seed, batch_size):
-            yield Batch(prepare_images(self.render(latents), preprocessing), [f"generator[{k}]" for k in chunk])
+            yield Batch(prepare_images(self.render(latents), preprocessing), [f"generator[{k}]" for k in chunk],
+                        list(chunk))
 
 
 def _batch_length(latents: Latents) -> int:

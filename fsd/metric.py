@@ -14,11 +14,13 @@ import os
 
 import torch
 
-from .distributed import all_reduce_sum, current_world, pack_sums, run_on_all_ranks, unpack_sums
+from .distributed import current_world, reduce_stats, run_on_all_ranks
 from .errors import InputError
 from .generators import DEFAULT_VALUE_RANGE, ValueRange, images_to_uint8, parse_value_range, prepare_images
 from .segmenters.base import Segmenter, class_counts
+from .rows import Rows
 from .stats import Stats
+from .uncertainty import BootstrapSettings
 
 _SIDES = ("real", "fake")
 
@@ -61,6 +63,10 @@ class FSDMetric(torch.nn.Module):
         sync_on_compute: bool = True,
         batch_size: int = 32,
         num_workers: int | None = None,
+        keep_rows: bool = True,
+        bootstrap: int = 0,
+        ci_level: float = 0.95,
+        bootstrap_seed: int = 0,
     ):
         super().__init__()
         from .api import RunOptions, _meta_for, _open, _run_segmenter, _stats_of
@@ -78,6 +84,10 @@ class FSDMetric(torch.nn.Module):
             raise InputError(f"FSDMetric needs a segmenter of RGB images; {seg.name} reads {seg.preprocessing.kind!r}")
         self.value_range = parse_value_range(value_range)
         self.sync_on_compute = sync_on_compute
+        self.keep_rows = keep_rows
+        self.bootstrap = BootstrapSettings(bootstrap, ci_level, bootstrap_seed)
+        # Each image's counts (fsd.rows), per side: plain attributes, never in state_dict.
+        self._rows: dict[str, list[Rows]] = {side: [] for side in _SIDES}
         self.pixels_per_image = seg.preprocessing.size ** 2
         self._meta = {side: _meta_for(seg, f"FSDMetric {side} images") for side in _SIDES}
         c = len(seg.class_names)
@@ -124,25 +134,33 @@ class FSDMetric(torch.nn.Module):
         # float64 products and sums of whole counts are exact below 2**53: fine for any one batch.
         as_float = counts.to(torch.float64)
         outer = (as_float.T @ as_float).round().to(torch.int64)
+        if self.keep_rows:
+            start = int(n_state)
+            numpy_counts = counts.cpu().numpy()
+            index = range(start, start + counts.shape[0])
+            self._rows[side].append(Rows.from_dense(numpy_counts, list(index), [f"{side}[{k}]" for k in index]))
         n_state += counts.shape[0]
         getattr(self, f"{side}_count_sum").add_(counts.sum(dim=0).to(n_state.device))
         getattr(self, f"{side}_count_outer_sum").add_(outer.to(n_state.device))
 
     def local_stats(self, side: str) -> Stats:
         """This rank's updates of one side (``"real"`` or ``"fake"``), without the reference statistics."""
-        stats = Stats(self._meta[side], self.pixels_per_image)
-        stats.n = int(getattr(self, f"{side}_n"))
-        stats.count_sum = getattr(self, f"{side}_count_sum").cpu().numpy().copy()
-        stats.count_outer_sum = getattr(self, f"{side}_count_outer_sum").cpu().numpy().copy()
-        return stats
+        meta = self._meta[side]
+        n = int(getattr(self, f"{side}_n"))
+        rows, note = None, "made with keep_rows=False (--no-rows)"
+        if self.keep_rows:
+            rows = Rows.concatenate(self._rows[side], len(meta.class_names))
+            if len(rows) != n:  # the sums came from load_state_dict, which holds no rows
+                rows, note = None, "restored from a state_dict, which holds the sums only"
+        return Stats.from_sums(meta, self.pixels_per_image, n, getattr(self, f"{side}_count_sum").cpu().numpy(),
+                               getattr(self, f"{side}_count_outer_sum").cpu().numpy(), rows=rows, rows_note=note)
 
     def side_stats(self, side: str) -> Stats:
         """The statistics of one side: every rank's updates (when synced) plus the reference for ``"real"``."""
         stats = self.local_stats(side)
         world = current_world(None)
         if self.sync_on_compute and world.size > 1:
-            packed = all_reduce_sum(pack_sums(stats.n, stats.count_sum, stats.count_outer_sum))
-            stats.n, stats.count_sum, stats.count_outer_sum = unpack_sums(packed, stats.num_classes)
+            stats = reduce_stats(stats, world, distinct_ranks=True)
         if side == "real" and self.reference is not None:
             if stats.n == 0:
                 return self.reference
@@ -164,7 +182,9 @@ class FSDMetric(torch.nn.Module):
                     f"update(images, real={name == 'real'}) first" + (" or pass real= reference statistics"
                                                                       if name == "real" else "")
                 )
-        return distance(real, fake)
+        b = self.bootstrap
+        return distance(real, fake, bootstrap=b.samples if self.keep_rows else 0, ci_level=b.level,
+                        bootstrap_seed=b.seed)
 
     def reset(self, *, keep_real: bool = True) -> None:
         """Forget the fake images; with ``keep_real=False`` forget the real ones and the reference too."""
@@ -172,6 +192,7 @@ class FSDMetric(torch.nn.Module):
         for side in sides:
             for name in ("n", "count_sum", "count_outer_sum"):
                 getattr(self, f"{side}_{name}").zero_()
+            self._rows[side] = []
         if not keep_real:
             self.reference = None
 

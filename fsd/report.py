@@ -1,9 +1,11 @@
-"""What a generator gets wrong, class by class: the per-class table and the paper's figure.
+"""What a generator gets wrong, class by class: the per-class table, its verdicts, and the paper's figure.
 
 FSD's mean term is a sum over classes, ``|mu_r - mu_g|^2 = sum_c (mu_g[c] - mu_r[c])^2``, so each
 class's share of it, next to its mean pixel percentage in both sets, says which objects a generator
 omits or overproduces. `class_report` builds that table from two `Stats` (from folders or from saved
-``.npz`` files alike); `plot_omissions` draws the paper's two-panel figure.
+``.npz`` files alike), with the evidence for each class: the difference's confidence interval, Welch's
+test and its Benjamini-Hochberg q-value (`fsd.uncertainty.class_tests`), and, from per-image rows, the
+share of images holding the class at all (prevalence). `plot_omissions` draws the paper's figure.
 
 Conventions (shared by the table, the CSV, the JSON records and the figure):
 
@@ -13,9 +15,15 @@ Conventions (shared by the table, the CSV, the JSON records and the figure):
 - ``mean_term_share = (fake - real)^2 / |mu_fake - mu_real|^2``, where the denominator is the whole
   mean term *including label 0*, so the shares of all object classes plus label 0 sum to 1
   (all shares are 0 when the means are equal).
-- Label 0 ("no prediction") is kept out of ``rows`` and reported as ``no_prediction``.
+- A class's verdict is ``"too few"`` or ``"too many"`` only when its difference is significant (q below
+  ``q_threshold``, 0.05 by default) *and* large enough to matter: it covers at least ``min_percent``
+  (0.1%) of pixels in one set and changed by at least ``min_relative`` (25%). `VerdictRule` holds the rule.
+- Label 0 ("no prediction") is kept out of ``rows`` and reported as ``no_prediction``; it gets a p-value
+  but no q-value or verdict (it is not an object class).
 - ``rows`` holds every object class, even one absent from both sets (so the CSV and JSON are
   complete); `ClassReport.top` and the printed table skip classes absent from both sets.
+- Class names are always written in full; only the figure's axis shortens them, and only to a form
+  that stays unique among the classes shown (`axis_labels`).
 """
 
 from __future__ import annotations
@@ -31,35 +39,76 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from ._io import atomic_write
+from ._text import plural
 from .errors import InputError
-from .frechet import FrechetDistance, frechet_distance
+from .frechet import FrechetDistance
 from .stats import Stats
+from .uncertainty import DEFAULT_LEVEL, DEFAULT_Q, class_tests, stats_distance
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-SortKey = Literal["real", "relative", "absolute"]
-SORT_KEYS: tuple[str, ...] = ("real", "relative", "absolute")
+SortKey = Literal["real", "relative", "absolute", "significance"]
+SORT_KEYS: tuple[str, ...] = ("real", "relative", "absolute", "significance")
+SORT_HELP = {
+    "real": "mean area in the real set, largest first",
+    "relative": "relative change |fake - real| / real, largest first (classes absent from the real set last)",
+    "absolute": "absolute change |fake - real| in percentage points, largest first",
+    "significance": "q-value, smallest (most significant) first",
+}
 FIGURE_FORMATS: tuple[str, ...] = ("png", "pdf", "svg")
 PLOT_INSTALL_HINT = "pip install 'pytorch-fsd[plot]'"
 
-CSV_COLUMNS = ("rank", "index", "name", "real", "fake", "abs_change", "rel_change", "mean_term_share")
+CSV_COLUMNS = ("rank", "index", "name", "real", "fake", "abs_change", "rel_change", "mean_term_share",
+               "difference_low", "difference_high", "p", "q", "prevalence_real", "prevalence_fake", "verdict")
 
-NAME_WIDTH = 32  # longer class names are truncated in the printed table (never in CSV or JSON)
+NAME_WIDTH = 32  # longer class names are truncated in the printed table (never in CSV, JSON or HTML)
 
 # The paper's figure clips the relative-change axis to this range.
 RELATIVE_AXIS = (-1.0, 1.1)
 
 
-def short_label(name: str) -> str:
-    """The first word of a class name, as the paper labels its figure ("car, auto" -> "car")."""
-    words = name.replace(",", " ").split()
-    return words[0] if words else name
+def axis_labels(names: list[str] | tuple[str, ...]) -> list[str]:
+    """Labels for the figure's axis: each name's first word, as the paper labels its figure, unless that
+    word is shared by another name shown (wall / wall socket), in which case the full name.
+
+    >>> axis_labels(["wall", "wall socket", "car, auto", "street light"])
+    ['wall', 'wall socket', 'car', 'street']
+    """
+    def first_word(name: str) -> str:
+        words = name.replace(",", " ").split()
+        return words[0] if words else name
+
+    short = [first_word(n) for n in names]
+    counts: dict[str, int] = {}
+    for label in short:
+        counts[label] = counts.get(label, 0) + 1
+    return [label if counts[label] == 1 else name for label, name in zip(short, names)]
+
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """When a class is called "too few" or "too many": significant and large enough to matter."""
+
+    q_threshold: float = DEFAULT_Q
+    min_percent: float = 0.1
+    min_relative: float = 0.25
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.q_threshold < 1.0:
+            raise InputError(f"the q-value threshold must lie strictly between 0 and 1, got {self.q_threshold!r}")
+        if self.min_percent < 0 or self.min_relative < 0:
+            raise InputError("min_percent and min_relative must be >= 0")
+
+    def describe(self) -> str:
+        return (f"a verdict needs q < {self.q_threshold:g} (Welch's test, Benjamini-Hochberg over the classes "
+                f"occurring), at least {self.min_percent:g}% of pixels in one set and a change of at least "
+                f"{self.min_relative * 100:g}%")
 
 
 @dataclass(frozen=True)
 class ClassRow:
-    """One class: mean pixel percentages in both sets and how they differ."""
+    """One class: mean pixel percentages in both sets, how they differ, and the evidence for it."""
 
     index: int
     name: str
@@ -68,18 +117,20 @@ class ClassRow:
     abs_change: float
     rel_change: float | None
     mean_term_share: float
+    difference_ci: tuple[float, float] | None = None
+    p: float | None = None
+    q: float | None = None
+    prevalence_real: float | None = None
+    prevalence_fake: float | None = None
+    verdict: str | None = None
 
     @property
     def present(self) -> bool:
         """Whether the class occurs in at least one of the two sets."""
         return self.real > 0 or self.fake > 0
 
-    @property
-    def label(self) -> str:
-        return short_label(self.name)
-
-    def to_record(self) -> dict[str, int | str | float | None]:
-        """A JSON-able dict (``rel_change`` is ``None`` where undefined)."""
+    def to_record(self) -> dict[str, int | str | float | list[float] | None]:
+        """A JSON-able dict (``rel_change``, ``q``, prevalences are ``None`` where undefined)."""
         return {
             "index": self.index,
             "name": self.name,
@@ -88,7 +139,32 @@ class ClassRow:
             "abs_change": self.abs_change,
             "rel_change": self.rel_change,
             "mean_term_share": self.mean_term_share,
+            "difference_ci": None if self.difference_ci is None else list(self.difference_ci),
+            "p": self.p,
+            "q": self.q,
+            "prevalence_real": self.prevalence_real,
+            "prevalence_fake": self.prevalence_fake,
+            "verdict": self.verdict,
         }
+
+    def sentence(self) -> str:
+        """The class in words: ``person: 4.1% of real pixels, 0.6% of generated; in 38% of real images and
+        7% of generated ones``."""
+        text = f"{self.name}: {_percent(self.real)} of real pixels, {_percent(self.fake)} of generated"
+        if self.prevalence_real is not None and self.prevalence_fake is not None:
+            text += (f"; in {_percent(self.prevalence_real * 100)} of real images and "
+                     f"{_percent(self.prevalence_fake * 100)} of generated ones")
+        return text
+
+
+def _percent(value: float) -> str:
+    if value == 0:
+        return "0%"
+    if value >= 10:
+        return f"{value:.0f}%"
+    if value >= 0.1:
+        return f"{value:.1f}%"
+    return f"{value:.2g}%"
 
 
 def _sort_rows(rows: tuple[ClassRow, ...], key: str) -> tuple[ClassRow, ...]:
@@ -104,13 +180,31 @@ def _sort_rows(rows: tuple[ClassRow, ...], key: str) -> tuple[ClassRow, ...]:
             return (1 if r.fake > 0 else 2, -r.fake, 0.0, r.index)
 
         return tuple(sorted(rows, key=relative_key))
+    if key == "significance":
+        return tuple(sorted(rows, key=lambda r: (math.inf if r.q is None else r.q, -abs(r.abs_change), r.index)))
     raise InputError(f"unknown sort key {key!r} for the class report; use one of {', '.join(SORT_KEYS)}")
 
 
 def _fmt_signed_percent(value: float | None, fake: float) -> str:
     if value is None:
         return "new" if fake > 0 else "-"
-    return f"{value * 100:+.1f}%"
+    text = f"{value * 100:+.1f}%"
+    return "+0.0%" if text == "-0.0%" else text
+
+
+def _fmt_signed(value: float, digits: int = 4) -> str:
+    text = f"{value:+.{digits}f}"
+    return "+" + text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
+def _fmt_q(q: float | None) -> str:
+    if q is None:
+        return "-"
+    return "<1e-4" if q < 1e-4 else f"{q:.4f}"
+
+
+def _fmt_share(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
 
 
 @dataclass(frozen=True)
@@ -118,7 +212,8 @@ class ClassReport:
     """Per-class comparison of a real and a generated (fake) set.
 
     ``rows`` holds every object class in ``sort_key`` order; label 0 is ``no_prediction``.
-    ``mean_term`` is ``|mu_fake - mu_real|^2`` (FSD's mean term), ``n_real``/``n_fake`` the image counts.
+    ``mean_term`` is ``|mu_fake - mu_real|^2`` (FSD's mean term), ``n_real``/``n_fake`` the image counts,
+    ``rule`` the `VerdictRule` behind the verdicts, ``level`` the confidence level of the intervals.
     """
 
     rows: tuple[ClassRow, ...]
@@ -129,11 +224,13 @@ class ClassReport:
     mean_term: float
     real_source: str = ""
     fake_source: str = ""
+    rule: VerdictRule = VerdictRule()
+    level: float = DEFAULT_LEVEL
+    tested: int = 0
+    labels: tuple[str, str] = ("real", "fake")
 
     def sorted_by(self, key: SortKey) -> ClassReport:
-        """The same report with rows ordered by ``"real"`` (real-set frequency, descending),
-        ``"relative"`` (|relative change|, descending; classes absent from the real set last) or
-        ``"absolute"`` (|fake - real|, descending)."""
+        """The same report with rows ordered by ``key`` (see `SORT_HELP`)."""
         return replace(self, rows=_sort_rows(self.rows, key), sort_key=key)
 
     def top(self, k: int = 30) -> tuple[ClassRow, ...]:
@@ -142,50 +239,45 @@ class ClassReport:
             raise InputError(f"the number of classes to show must be at least 1, got {k}")
         return tuple(r for r in self.rows if r.present)[:k]
 
-    # -- the plain-language summary -------------------------------------------------------------
-    def notable_changes(
-        self, count: int = 3, min_percent: float = 0.1, min_relative: float = 0.25
-    ) -> tuple[tuple[ClassRow, ...], tuple[ClassRow, ...]]:
-        """The classes most under-generated and most over-generated: ``(too_few, too_many)``.
+    def row(self, name: str) -> ClassRow:
+        """The row of the class named ``name`` (full name, any case)."""
+        wanted = name.strip().lower()
+        for r in (self.no_prediction, *self.rows):
+            if r.name.lower() == wanted:
+                return r
+        raise InputError(f"no class named {name!r} in this report")
 
-        A class is judged only if it covers at least ``min_percent`` percent of pixels on average in
-        at least one set (rarer classes are too noisy to judge) and its relative change is at least
-        ``min_relative`` in magnitude (25% by default). Classes absent from the real set count as an
-        infinite increase. Each side lists up to ``count`` classes, largest relative change first.
-        """
-        judged = [
-            r for r in self.rows
-            if max(r.real, r.fake) >= min_percent
-            and (r.rel_change is None or abs(r.rel_change) >= min_relative)
-        ]
-        too_few = sorted(
-            (r for r in judged if r.rel_change is not None and r.rel_change < 0),
-            key=lambda r: (r.rel_change, r.abs_change, r.index),
-        )
-        too_many = sorted(
-            (r for r in judged if r.rel_change is None or r.rel_change > 0),
-            key=lambda r: (-(math.inf if r.rel_change is None else r.rel_change), -r.abs_change, r.index),
-        )
-        return tuple(too_few[:count]), tuple(too_many[:count])
+    # -- the verdicts -----------------------------------------------------------------------------
+    def notable_changes(self) -> tuple[tuple[ClassRow, ...], tuple[ClassRow, ...]]:
+        """The classes with a verdict: ``(too_few, too_many)``, each ordered by relative change, largest
+        first (classes absent from the real set count as an infinite increase)."""
+        too_few = sorted((r for r in self.rows if r.verdict == "too few"),
+                         key=lambda r: (r.rel_change, r.abs_change, r.index))
+        too_many = sorted((r for r in self.rows if r.verdict == "too many"),
+                          key=lambda r: (-(math.inf if r.rel_change is None else r.rel_change), -r.abs_change, r.index))
+        return tuple(too_few), tuple(too_many)
 
-    def summary(self, count: int = 3, min_percent: float = 0.1, min_relative: float = 0.25) -> str:
-        """One line, e.g. ``"too few: person, car, signboard; too many: earth, river"``.
-
-        The rule is `notable_changes`' (classes covering >= 0.1% of pixels in one set, changed by
-        >= 25%, top 3 each side); a side with no such class reads ``none``.
-        """
-        too_few, too_many = self.notable_changes(count, min_percent, min_relative)
+    def summary(self, count: int = 5) -> str:
+        """One line, e.g. ``"too few: person, car, signboard; too many: earth, river"``, listing only
+        classes with a verdict (up to ``count`` per side, then how many more), or saying plainly that no
+        class differs significantly."""
+        too_few, too_many = self.notable_changes()
+        if not too_few and not too_many and self.tested == 0 and min(self.n_real, self.n_fake) < 2:
+            return "no class can be tested: each set needs at least 2 images"
         if not too_few and not too_many:
-            return (f"no class covering at least {min_percent:g}% of pixels changed by "
-                    f"{min_relative * 100:g}% or more")
+            return (f"no class differs significantly between the sets (of {plural(self.tested, 'class', 'classes')} "
+                    f"tested, none has q < {self.rule.q_threshold:g} and a change large enough to matter)")
 
         def names(rows: tuple[ClassRow, ...]) -> str:
-            return ", ".join(r.label for r in rows) if rows else "none"
+            if not rows:
+                return "none"
+            shown = ", ".join(r.name for r in rows[:count])
+            return shown + (f" (and {len(rows) - count} more)" if len(rows) > count else "")
 
         return f"too few: {names(too_few)}; too many: {names(too_many)}"
 
     # -- output ---------------------------------------------------------------------------------
-    def to_records(self) -> list[dict[str, int | str | float | None]]:
+    def to_records(self) -> list[dict]:
         """Every object class in the current order, as JSON-able dicts."""
         return [r.to_record() for r in self.rows]
 
@@ -199,6 +291,9 @@ class ClassReport:
             "n_fake": self.n_fake,
             "mean_term": self.mean_term,
             "summary": self.summary(),
+            "rule": {"q_threshold": self.rule.q_threshold, "min_percent": self.rule.min_percent,
+                     "min_relative": self.rule.min_relative, "test": "welch", "correction": "benjamini-hochberg",
+                     "classes_tested": self.tested, "ci_level": self.level, "text": self.rule.describe()},
             "too_few": [r.name for r in too_few],
             "too_many": [r.name for r in too_many],
             "no_prediction": self.no_prediction.to_record(),
@@ -207,17 +302,22 @@ class ClassReport:
 
     def to_csv(self, path: str | os.PathLike) -> None:
         """Write every class to a CSV: label 0 first with an empty rank, then the object classes in
-        the current order ranked from 1. Undefined relative changes are empty cells."""
+        the current order ranked from 1. Undefined values are empty cells."""
         path = Path(path)
+
+        def cell(value) -> str:
+            return "" if value is None else (repr(value) if isinstance(value, float) else str(value))
 
         def write(fh) -> None:
             text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
             writer = csv.writer(text)
             writer.writerow(CSV_COLUMNS)
             for rank, row in [("", self.no_prediction), *enumerate(self.rows, start=1)]:
-                rel = "" if row.rel_change is None else repr(row.rel_change)
-                writer.writerow([rank, row.index, row.name, repr(row.real), repr(row.fake),
-                                 repr(row.abs_change), rel, repr(row.mean_term_share)])
+                low, high = row.difference_ci if row.difference_ci is not None else (None, None)
+                writer.writerow([rank, row.index, row.name, cell(row.real), cell(row.fake), cell(row.abs_change),
+                                 cell(row.rel_change), cell(row.mean_term_share), cell(low), cell(high),
+                                 cell(row.p), cell(row.q), cell(row.prevalence_real), cell(row.prevalence_fake),
+                                 cell(row.verdict)])
             text.flush()
             text.detach()
 
@@ -227,52 +327,61 @@ class ClassReport:
             raise InputError(f"cannot write the class report CSV {path}: {exc}") from exc
 
     def format_table(self, k: int = 30) -> str:
-        """The top ``k`` classes (see `top`) as an aligned text table, label 0 on a separate last line."""
+        """The top ``k`` classes (see `top`) as an aligned text table, label 0 on a separate last line,
+        then the rule behind the verdicts."""
         shown = self.top(k)
-        headers = ("#", "class", "real %", "fake %", "change", "relative", "share")
-        order = {"real": "real-set frequency", "relative": "relative change", "absolute": "absolute change"}
+        ci = f"{self.level * 100:g}% CI"
+        headers = ("#", "class", "real %", "fake %", "change", ci, "relative", "q", "in real", "in fake",
+                   "share", "verdict")
         present = sum(r.present for r in self.rows)
 
         def cells(rank: str, r: ClassRow) -> tuple[str, ...]:
             name = r.name if len(r.name) <= NAME_WIDTH else r.name[: NAME_WIDTH - 3] + "..."
-            return (rank, name, f"{r.real:.4f}", f"{r.fake:.4f}", f"{r.abs_change:+.4f}",
-                    _fmt_signed_percent(r.rel_change, r.fake), f"{r.mean_term_share * 100:.1f}%")
+            interval = ("-" if r.difference_ci is None
+                        else f"{_fmt_signed(r.difference_ci[0])} to {_fmt_signed(r.difference_ci[1])}")
+            return (rank, name, f"{r.real:.4f}", f"{r.fake:.4f}", _fmt_signed(r.abs_change), interval,
+                    _fmt_signed_percent(r.rel_change, r.fake), _fmt_q(r.q), _fmt_share(r.prevalence_real),
+                    _fmt_share(r.prevalence_fake), f"{r.mean_term_share * 100:.1f}%", r.verdict or "")
 
         body = [cells(str(i), r) for i, r in enumerate(shown, start=1)]
         extra = cells("", replace(self.no_prediction, name="(no prediction)"))
         widths = [max(len(row[c]) for row in (headers, *body, extra)) for c in range(len(headers))]
 
         def line(row: tuple[str, ...]) -> str:
-            # Class names left-aligned, numbers right-aligned.
-            return "  ".join(v.ljust(w) if c == 1 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths)))
+            # Class names and verdicts left-aligned, numbers right-aligned.
+            return "  ".join(v.ljust(w) if c in (1, len(headers) - 1) else v.rjust(w)
+                             for c, (v, w) in enumerate(zip(row, widths)))
 
         rule = "-" * len(line(headers))
         lines = [
-            f"Top {len(shown)} of {present} classes by {order[self.sort_key]}, mean % of pixels "
-            f"(real n={self.n_real}, fake n={self.n_fake})",
+            f"Top {len(shown)} of {plural(present, 'class', 'classes')} by {SORT_HELP[self.sort_key]}; mean % of "
+            f"pixels (real n={self.n_real}, fake n={self.n_fake})",
             line(headers),
             rule,
             *(line(row) for row in body),
             rule,
             line(extra),
-            f"share: of the mean term |mu_fake - mu_real|^2 = {self.mean_term:.4g}; relative: (fake - real) / real",
+            f"change: fake - real, in percentage points, with its {ci}; relative: (fake - real) / real; in real / "
+            "in fake: share of images holding the class",
+            f"share: of the mean term |mu_fake - mu_real|^2 = {self.mean_term:.4g}; {self.rule.describe()}",
         ]
         return "\n".join(lines)
 
 
-def class_report(real: Stats, fake: Stats, sort: SortKey = "real") -> ClassReport:
-    """Compare two sets of statistics class by class.
+def class_report(real: Stats, fake: Stats, sort: SortKey = "real", *, rule: VerdictRule = VerdictRule(),
+                 level: float = DEFAULT_LEVEL, labels: tuple[str, str] = ("real", "fake")) -> ClassReport:
+    """Compare two sets of statistics class by class, with the evidence for every difference.
 
     Raises `IncompatibleStatsError` if the statistics were made with different segmenters, weights,
-    preprocessing or class names, and `InputError` for an unknown ``sort``.
+    preprocessing or class names, and `InputError` for an unknown ``sort`` or a set of fewer than 2 images.
 
     >>> import numpy as np
     >>> from fsd.stats import Stats, StatsMeta
     >>> meta = StatsMeta(("-", "sky", "tree"), "demo", "none", "none", "0")
     >>> real, fake = Stats(meta, pixels_per_image=4), Stats(meta, pixels_per_image=4)
-    >>> real.update(np.array([[0, 2, 2]])); fake.update(np.array([[0, 3, 1]]))
+    >>> real.update(np.array([[0, 2, 2], [0, 1, 3]])); fake.update(np.array([[0, 3, 1], [0, 4, 0]]))
     >>> [(r.name, r.real, r.fake, r.rel_change) for r in class_report(real, fake).rows]
-    [('sky', 50.0, 75.0, 0.5), ('tree', 50.0, 25.0, -0.5)]
+    [('tree', 62.5, 12.5, -0.8), ('sky', 37.5, 87.5, 1.3333333333333333)]
     """
     if sort not in SORT_KEYS:
         raise InputError(f"unknown sort key {sort!r} for the class report; use one of {', '.join(SORT_KEYS)}")
@@ -282,17 +391,33 @@ def class_report(real: Stats, fake: Stats, sort: SortKey = "real") -> ClassRepor
     squared = diff * diff
     mean_term = float(squared.sum())
     shares = squared / mean_term if mean_term > 0 else np.zeros_like(squared)
+    # With fewer than 2 images in a set nothing can be tested: the table has no evidence and no verdicts.
+    tests = class_tests(real, fake, level) if min(real.n, fake.n) >= 2 else None
 
     def row(i: int) -> ClassRow:
         r, f = float(mu_real[i]), float(mu_fake[i])
+        rel = float(diff[i]) / r if r > 0 else None
+        if tests is None:
+            return ClassRow(i, real.class_names[i], r, f, float(diff[i]), rel, float(shares[i]))
+        q = None if math.isnan(tests.q[i]) else float(tests.q[i])
+        verdict = None
+        if (q is not None and q < rule.q_threshold and max(r, f) >= rule.min_percent
+                and (rel is None or abs(rel) >= rule.min_relative)):
+            verdict = "too few" if diff[i] < 0 else "too many"
         return ClassRow(
             index=i,
             name=real.class_names[i],
             real=r,
             fake=f,
             abs_change=float(diff[i]),
-            rel_change=float(diff[i]) / r if r > 0 else None,
+            rel_change=rel,
             mean_term_share=float(shares[i]),
+            difference_ci=(float(tests.low[i]), float(tests.high[i])),
+            p=float(tests.p[i]),
+            q=q,
+            prevalence_real=None if tests.prevalence_real is None else float(tests.prevalence_real[i]),
+            prevalence_fake=None if tests.prevalence_fake is None else float(tests.prevalence_fake[i]),
+            verdict=verdict,
         )
 
     rows = tuple(row(i) for i in range(1, real.num_classes))
@@ -305,7 +430,20 @@ def class_report(real: Stats, fake: Stats, sort: SortKey = "real") -> ClassRepor
         mean_term=mean_term,
         real_source=real.meta.source,
         fake_source=fake.meta.source,
+        rule=rule,
+        level=level,
+        tested=0 if tests is None else int(tests.tested.sum()),
+        labels=labels,
     )
+
+
+def mean_interval(stats: Stats, level: float = DEFAULT_LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, a t interval for the set's mean percentage: ``(low, high)``, clipped to [0, 100]."""
+    from scipy import stats as scipy_stats
+
+    half = scipy_stats.t.ppf(0.5 + level / 2, stats.n - 1) * np.sqrt(np.diag(stats.sigma).clip(min=0) / stats.n)
+    mu = stats.mu
+    return (mu - half).clip(0, 100), (mu + half).clip(0, 100)
 
 
 # -- the paper's figure -----------------------------------------------------------------------------
@@ -318,75 +456,105 @@ def _figure_class():
 
 
 def plot_omissions(
-    real: Stats,
-    fake: Stats,
+    real,
+    fake: Stats | None = None,
     *,
     top_k: int = 30,
     fsd: float | FrechetDistance | None = None,
     title: str | None = None,
     labels: tuple[str, str] = ("real", "generated"),
+    rule: VerdictRule = VerdictRule(),
+    level: float = DEFAULT_LEVEL,
 ) -> Figure:
     """The paper's figure: which of the most common real-set classes the generator omits.
 
+    ``plot_omissions(result)`` with an `fsd.FSDResult`, or ``plot_omissions(real_stats, fake_stats)``.
     Over the ``top_k`` classes most frequent in the real set (label 0 and classes absent from the
     real set skipped, as in the paper), two aligned panels: the mean area per class on a log axis
-    (real as bars, generated as a red line), and the relative change ``(fake - real) / real`` on an
-    axis clipped to [-1, 1.1], with the value printed above each bar that runs off the top. Bars
-    hold the true values; only the axis is clipped. The title carries the FSD value; with
-    ``fsd=None`` it is computed from the statistics (needs at least 2 images per set).
+    (real as bars, generated as a red line, each with its ``level`` confidence interval as error bars),
+    and the relative change ``(fake - real) / real`` on an axis clipped to [-1, 1.1], with the value
+    printed above each bar that runs off the top. Classes with a verdict (see `VerdictRule`) have
+    their bar outlined in black and a star under it. The title carries the FSD (with its interval when
+    the result has one).
 
     Needs matplotlib (``pip install 'pytorch-fsd[plot]'``); raises ImportError with that hint without
     it. Uses no pyplot state: save with `save_figure` or ``fig.savefig``.
     """
     Figure = _figure_class()
+    result = None
+    if fake is None:
+        if not (hasattr(real, "real") and hasattr(real, "fake") and hasattr(real, "fsd")):
+            raise InputError("plot_omissions takes an FSDResult, or the real and the generated Stats")
+        result, real, fake = real, real.real, real.fake
     if top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
-    report = class_report(real, fake, sort="real")
+    report = class_report(real, fake, sort="real", rule=rule, level=level)
     shown = [r for r in report.rows if r.real > 0][:top_k]
     if not shown:
         raise InputError("no object class occurs in the real statistics, so there is nothing to plot")
-    if fsd is None:
-        fsd = frechet_distance(real.mu, real.sigma, fake.mu, fake.sigma)
     if title is None:
-        if isinstance(fsd, FrechetDistance):
-            title = (f"FSD {fsd.value:.2f} (mean term {fsd.mean_term:.2f}, "
-                     f"covariance term {fsd.covariance_term:.2f})")
+        if result is not None:
+            ci = ""
+            if result.fsd_ci is not None:
+                ci = f", {result.ci_level * 100:g}% CI {result.fsd_ci[0]:.2f} to {result.fsd_ci[1]:.2f}"
+            title = (f"FSD {result.fsd:.2f}{ci} (mean term {result.mean_term:.2f}, "
+                     f"covariance term {result.covariance_term:.2f})")
         else:
-            title = f"FSD {float(fsd):.2f}"
+            if fsd is None:
+                fsd = stats_distance(real, fake)
+            if isinstance(fsd, FrechetDistance):
+                title = (f"FSD {fsd.value:.2f} (mean term {fsd.mean_term:.2f}, "
+                         f"covariance term {fsd.covariance_term:.2f})")
+            else:
+                title = f"FSD {float(fsd):.2f}"
 
     x = np.arange(len(shown))
+    index = np.array([r.index for r in shown])
     real_values = np.array([r.real for r in shown])
     fake_values = np.array([r.fake for r in shown])
     relative = np.array([r.rel_change for r in shown], dtype=np.float64)
+    significant = np.array([r.verdict is not None for r in shown])
+    real_low, real_high = (v[index] for v in mean_interval(real, level))
+    fake_low, fake_high = (v[index] for v in mean_interval(fake, level))
 
     fig = Figure(figsize=(max(6.0, 0.3 * len(shown) + 2.0), 6.0), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 2)})
 
     top.bar(x, real_values, width=0.8, color="tab:blue", label=f"{labels[0]} (n={real.n})")
+    top.errorbar(x, real_values, yerr=[real_values - real_low, real_high - real_values], fmt="none",
+                 ecolor="navy", elinewidth=0.8, capsize=2)
     top.plot(x, fake_values, color="tab:red", marker="o", markersize=3, linewidth=1.5,
              label=f"{labels[1]} (n={fake.n})")
+    top.errorbar(x, fake_values, yerr=[fake_values - fake_low, fake_high - fake_values], fmt="none",
+                 ecolor="tab:red", elinewidth=0.8, capsize=2)
     top.set_yscale("log", nonpositive="clip")
-    positive = np.concatenate([real_values, fake_values[fake_values > 0]])
+    positive = np.concatenate([real_values, fake_values[fake_values > 0], real_high, fake_high[fake_high > 0]])
     # A generated value of 0 is drawn down to the bottom edge.
-    top.set_ylim(10 ** math.floor(math.log10(positive.min())), 10 ** math.ceil(math.log10(positive.max())))
-    top.set_ylabel("mean area (% of pixels)")
+    top.set_ylim(10 ** math.floor(math.log10(min(real_values.min(), positive.min()))),
+                 10 ** math.ceil(math.log10(positive.max())))
+    top.set_ylabel(f"mean area (% of pixels),\n{level * 100:g}% CI", fontsize="small")
     handles, names = top.get_legend_handles_labels()
     top.legend(handles[::-1], names[::-1], loc="upper right", fontsize="small")  # real first
-    top.set_title(title)
+    top.set_title(title, fontsize="medium")
     top.grid(axis="y", which="major", alpha=0.3)
 
     colors = ["tab:red" if v < 0 else "tab:green" for v in relative]
-    bottom.bar(x, relative, width=0.8, color=colors)
+    bottom.bar(x, relative, width=0.8, color=colors, edgecolor=["black" if s else "none" for s in significant],
+               linewidth=1.2)
     bottom.axhline(0.0, color="black", linewidth=0.8)
     bottom.set_ylim(*RELATIVE_AXIS)
     bottom.set_ylabel(f"relative change\n({labels[1]} - {labels[0]}) / {labels[0]}", fontsize="small")
     bottom.grid(axis="y", alpha=0.3)
-    for xi, value in zip(x, relative):
+    for xi, value, mark in zip(x, relative, significant):
         if value > RELATIVE_AXIS[1]:
             bottom.text(xi, RELATIVE_AXIS[1], f"{value:.1f}", ha="center", va="bottom",
                         fontsize="x-small", clip_on=False)
-    bottom.set_xticks(x, [r.label for r in shown], rotation=90)
+        if mark:
+            bottom.text(xi, RELATIVE_AXIS[0], "*", ha="center", va="bottom", fontsize="medium", fontweight="bold")
+    bottom.set_xticks(x, axis_labels([r.name for r in shown]), rotation=90)
     bottom.set_xlim(-0.6, len(shown) - 0.4)
+    bottom.set_xlabel(f"* and outlined: significant (q < {rule.q_threshold:g}) and large enough for a verdict",
+                      fontsize="x-small")
     return fig
 
 

@@ -803,6 +803,7 @@ def select_indices(total: int, num_samples: int | None, seed: int) -> list[int]:
 class Batch:
     images: torch.Tensor  # (B, C, S, S): uint8 RGB, or int32 labels
     ids: list[str]
+    indices: list[int]  # each image's index in its source
 
 
 class _Reader(torch.utils.data.Dataset):
@@ -955,7 +956,7 @@ def iterate_batches(
                 skipped.append((source.identity(index), reason))
             done += len(good) + len(bad)
             if images is not None:
-                yield Batch(images, [source.identity(i) for i in good])
+                yield Batch(images, [source.identity(i) for i in good], list(good))
 
 
 def _dead_workers_image(current: torch.Tensor, message: str) -> int | None:

@@ -32,10 +32,16 @@ LABELMAP = ["--segmenter", "labelmap", "--num-classes", "2", "--num-workers", "0
 def test_python_dash_m_fsd_end_to_end_prints_the_score_on_stdout(tmp_path):
     real, fake = label_folders(tmp_path)
     # mu equal; sigma_real trace 10000, sigma_fake = 0 -> FSD = 10000 (all in the covariance term)
-    proc = subprocess.run([sys.executable, "-m", "fsd", str(real), str(fake), *LABELMAP],
+    proc = subprocess.run([sys.executable, "-m", "fsd", str(real), str(fake), *LABELMAP, "--bootstrap", "0"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "FSD: 10000.0000  (mean term 0.0000, covariance term 10000.0000)\n"
+    # By default the interval comes with it, and with two images it says it means little.
+    proc = subprocess.run([sys.executable, "-m", "fsd", str(real), str(fake), *LABELMAP],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("FSD: 10000.0000  (95% CI ")
+    assert "unreliable: no more images than classes (real 2 for 2, generated 2 for 2); mean term 0.0000" in proc.stdout
 
 
 def test_json_output_is_one_object(tmp_path):
@@ -45,7 +51,12 @@ def test_json_output_is_one_object(tmp_path):
     payload = json.loads(result.stdout)
     assert payload["fsd"] == pytest.approx(10000.0)
     assert payload["mean_term"] == pytest.approx(0.0) and payload["covariance_term"] == pytest.approx(10000.0)
-    assert payload["real"] == {"n": 2, "source": str(real)} and payload["fake"]["n"] == 2
+    assert payload["real"] == {"n": 2, "source": str(real), "rows": True} and payload["fake"]["n"] == 2
+    assert payload["ci_level"] == 0.95 and payload["bootstrap"] == {"samples": 1000, "seed": 0,
+                                                                    "method": "bias-corrected"}
+    for key in ("fsd_ci", "mean_term_ci", "covariance_term_ci"):
+        low, high = payload[key]
+        assert 0 <= low <= high
 
 
 def test_save_stats_then_compare_saved_files(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from fsd.errors import IncompatibleStatsError, InputError
 from fsd.frechet import FrechetDistance
-from fsd.report import ClassReport, class_report, plot_omissions, save_figure, short_label
+from fsd.report import ClassReport, VerdictRule, axis_labels, class_report, plot_omissions, save_figure
 from fsd.stats import Stats, StatsMeta
 
 NAMES = ("-", "wall", "sky", "person", "car", "river", "ghost")
@@ -137,33 +137,67 @@ def test_top_skips_classes_absent_from_both_sets(report: ClassReport):
         report.top(0)
 
 
-# -- the summary line --------------------------------------------------------------------------------
-def test_summary_names_the_largest_relative_changes(report: ClassReport):
-    assert report.summary() == "too few: person; too many: river"
+# -- the verdicts and the summary line ------------------------------------------------------------------
+@pytest.fixture
+def big_report() -> ClassReport:
+    # The two images of each fixture set, 20 times over: every difference but sky's is significant.
+    real = make_stats([[2, 48, 30, 10, 10, 0, 0], [0, 40, 40, 10, 10, 0, 0]] * 20, source="real")
+    fake = make_stats([[4, 50, 30, 2, 10, 4, 0], [0, 46, 40, 2, 8, 4, 0]] * 20, source="fake")
+    return class_report(real, fake)
 
 
-def test_summary_thresholds(report: ClassReport):
+def test_verdicts_need_significance_and_size(big_report: ClassReport):
+    rows = by_name(big_report)
+    assert rows["sky"].q == 1.0 and rows["sky"].verdict is None
+    assert all(rows[c].q < 1e-6 for c in ("wall", "person", "car", "river"))
+    # Significant, but car (-10%) and wall (+9%) changed less than 25%: no verdict.
+    assert [(c, rows[c].verdict) for c in ("person", "river", "car", "wall")] == [
+        ("person", "too few"), ("river", "too many"), ("car", None), ("wall", None)]
+    assert big_report.summary() == "too few: person; too many: river"
+    assert rows["ghost"].q is None  # absent from both sets: not tested
+
+
+def test_verdict_thresholds(big_report: ClassReport):
+    real_rows = {r.name: r for r in big_report.rows}
+    assert real_rows["river"].real == 0.0
+    rebuilt = lambda rule: class_report(*_big_sets(), rule=rule)  # noqa: E731
     # River covers 4% of pixels: below a 5% floor it is too rare to judge.
-    assert report.summary(min_percent=5.0) == "too few: person; too many: none"
+    assert rebuilt(VerdictRule(min_percent=5.0)).summary() == "too few: person; too many: none"
     # A 5% change floor lets wall (+9%) and car (-10%) in; new classes rank above any finite increase.
-    assert report.summary(min_relative=0.05) == "too few: person, car; too many: river, wall"
-    assert report.summary(count=1, min_relative=0.05) == "too few: person; too many: river"
-    too_few, too_many = report.notable_changes(min_relative=0.05)
+    five = rebuilt(VerdictRule(min_relative=0.05))
+    assert five.summary() == "too few: person, car; too many: river, wall"
+    assert five.summary(count=1) == "too few: person (and 1 more); too many: river (and 1 more)"
+    too_few, too_many = five.notable_changes()
     assert [r.name for r in too_few] == ["person", "car"]
     assert [r.name for r in too_many] == ["river", "wall"]
+    with pytest.raises(InputError, match="between 0 and 1"):
+        VerdictRule(q_threshold=1.5)
 
 
-def test_summary_when_nothing_changes(real: Stats):
+def _big_sets() -> tuple[Stats, Stats]:
+    real = make_stats([[2, 48, 30, 10, 10, 0, 0], [0, 40, 40, 10, 10, 0, 0]] * 20, source="real")
+    fake = make_stats([[4, 50, 30, 2, 10, 4, 0], [0, 46, 40, 2, 8, 4, 0]] * 20, source="fake")
+    return real, fake
+
+
+def test_no_verdict_without_significance(report: ClassReport, real: Stats):
+    # Two images per set: person drops 80%, but with no variance on either side the test is exact...
+    assert by_name(report)["person"].verdict == "too few"
+    # ...while wall's +9% from two noisy images is far from significant.
+    assert by_name(report)["wall"].q > 0.05
     assert class_report(real, real).summary() == (
-        "no class covering at least 0.1% of pixels changed by 25% or more")
+        "no class differs significantly between the sets (of 4 classes tested, none has q < 0.05 and a "
+        "change large enough to matter)")
 
 
-def test_summary_uses_the_first_word_of_class_names():
-    names = ("-", "car, auto, automobile", "tree")
-    real = make_stats([[0, 50, 50]], names=names)
-    fake = make_stats([[0, 10, 90]], names=names)
-    assert class_report(real, fake).summary() == "too few: car; too many: tree"
-    assert short_label("car, auto") == "car" and short_label("street light") == "street"
+def test_summary_and_axis_use_full_names_unless_a_short_form_is_unique():
+    names = ("-", "car, auto, automobile", "tree", "wall", "wall socket")
+    real = make_stats([[0, 50, 25, 20, 5], [0, 40, 35, 15, 10]] * 10, names=names)
+    fake = make_stats([[0, 10, 65, 20, 5], [0, 12, 63, 15, 10]] * 10, names=names)
+    assert class_report(real, fake).summary() == "too few: car, auto, automobile; too many: tree"
+    assert axis_labels(list(names[1:])) == ["car", "tree", "wall", "wall socket"]
+    assert axis_labels(["shower", "shower stall", "towel", "towel rack"]) == [
+        "shower", "shower stall", "towel", "towel rack"]
 
 
 # -- CSV, JSON, text ----------------------------------------------------------------------------------
@@ -172,7 +206,9 @@ def test_csv_has_every_class_with_label_zero_unranked(report: ClassReport, tmp_p
     report.sorted_by("absolute").to_csv(path)
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["rank", "index", "name", "real", "fake", "abs_change", "rel_change", "mean_term_share"]
+    assert list(rows[0]) == ["rank", "index", "name", "real", "fake", "abs_change", "rel_change", "mean_term_share",
+                             "difference_low", "difference_high", "p", "q", "prevalence_real", "prevalence_fake",
+                             "verdict"]
     assert len(rows) == len(NAMES)
     assert (rows[0]["rank"], rows[0]["index"], rows[0]["name"]) == ("", "0", "-")
     assert [r["name"] for r in rows[1:]] == ["person", "wall", "river", "car", "sky", "ghost"]
@@ -182,6 +218,8 @@ def test_csv_has_every_class_with_label_zero_unranked(report: ClassReport, tmp_p
     assert float(person["rel_change"]) == pytest.approx(-0.8)
     assert float(person["mean_term_share"]) == pytest.approx(64 / 98)
     assert rows[3]["rel_change"] == ""  # river: undefined
+    assert person["verdict"] == "too few" and float(person["prevalence_real"]) == 1.0
+    assert rows[6]["q"] == "" and rows[6]["verdict"] == ""  # ghost: not tested
     assert not [p for p in path.parent.iterdir() if p.name != "classes.csv"]  # no temp file left
 
 
@@ -195,10 +233,15 @@ def test_csv_to_an_unwritable_place_is_an_input_error(report: ClassReport, tmp_p
 def test_records_and_dict_are_strict_json(report: ClassReport):
     records = report.to_records()
     assert [r["name"] for r in records] == ["wall", "sky", "car", "person", "river", "ghost"]
-    assert records[0] == {
+    wall = {k: records[0][k] for k in ("index", "name", "real", "fake", "abs_change", "rel_change",
+                                           "mean_term_share", "prevalence_real", "prevalence_fake", "verdict")}
+    assert wall == {
         "index": 1, "name": "wall", "real": 44.0, "fake": 48.0, "abs_change": 4.0,
         "rel_change": pytest.approx(4 / 44), "mean_term_share": pytest.approx(16 / 98),
+        "prevalence_real": 1.0, "prevalence_fake": 1.0, "verdict": None,
     }
+    low, high = records[0]["difference_ci"]
+    assert low < 4.0 < high and 0.05 < records[0]["q"] <= 1 and 0 < records[0]["p"] <= records[0]["q"]
     assert records[4]["rel_change"] is None
     full = json.loads(json.dumps(report.to_dict(), allow_nan=False))
     assert full["sort"] == "real" and full["n_real"] == 2 and full["n_fake"] == 2
@@ -206,13 +249,14 @@ def test_records_and_dict_are_strict_json(report: ClassReport):
     assert full["no_prediction"]["name"] == "-" and full["no_prediction"]["fake"] == 2.0
     assert len(full["classes"]) == len(NAMES) - 1
     assert full["too_few"] == ["person"] and full["too_many"] == ["river"]
+    assert full["rule"]["q_threshold"] == 0.05 and full["rule"]["classes_tested"] == 5
     assert full["summary"] == report.summary()
 
 
 def test_format_table_is_aligned(report: ClassReport):
     text = report.format_table(k=3)
     lines = text.splitlines()
-    assert lines[0].startswith("Top 3 of 5 classes by real-set frequency")
+    assert lines[0].startswith("Top 3 of 5 classes by mean area in the real set")
     header, rule = lines[1], lines[2]
     body = lines[3:6]
     assert set(rule) == {"-"} and lines[6] == rule
@@ -222,7 +266,10 @@ def test_format_table_is_aligned(report: ClassReport):
     for line in body:
         assert line[end_of_real - 1] != " " and line[end_of_real] == " "
     assert [line.split()[1] for line in body] == ["wall", "sky", "car"]
-    assert body[0].split() == ["1", "wall", "44.0000", "48.0000", "+4.0000", "+9.1%", "16.3%"]
+    cells = body[0].split()
+    assert cells[:5] == ["1", "wall", "44.0000", "48.0000", "+4.0000"] and cells[6] == "to"
+    assert cells[8:] == ["+9.1%", f"{by_name(report)['wall'].q:.4f}", "100%", "100%", "16.3%"]
+    assert "q < 0.05" in lines[-1]
     assert "(no prediction)" in lines[7] and "1.0000" in lines[7] and "+100.0%" in lines[7]
     assert "ghost" not in text
 
@@ -234,7 +281,7 @@ def test_format_table_marks_new_classes_and_truncates_long_names():
     text = class_report(real, fake).sorted_by("relative").format_table()
     lines = text.splitlines()
     assert "a" * 29 + "..." in text and "a" * 33 not in text
-    assert lines[4].split()[1:3] == ["new", "thing"] and lines[4].split()[-2] == "new"
+    assert lines[4].split()[1:3] == ["new", "thing"] and "new" in lines[4].split()[3:]
     assert "by relative change" in lines[0]
 
 
@@ -255,11 +302,13 @@ def test_figure_bars_line_and_clipped_labels_match_the_statistics(fig_pair):
     fig = plot_omissions(real, fake)
     top, bottom = fig.axes
     assert [p.get_height() for p in top.patches] == pytest.approx([60.0, 30.0, 9.0, 1.0])  # ghost skipped
-    assert list(top.lines[0].get_ydata()) == pytest.approx([50.0, 25.0, 0.0, 25.0])
+    line = next(l for l in top.lines if l.get_label().startswith("generated"))
+    assert list(line.get_ydata()) == pytest.approx([50.0, 25.0, 0.0, 25.0])
     assert top.get_yscale() == "log"
     assert [p.get_height() for p in bottom.patches] == pytest.approx([-1 / 6, -1 / 6, -1.0, 24.0])
     assert bottom.get_ylim() == pytest.approx((-1.0, 1.1))
-    assert [t.get_text() for t in bottom.texts] == ["24.0"]  # only the clipped bar is labelled
+    # Only the clipped bar is labelled; person (-100%) and car, auto (new-ish +2400%) are significant.
+    assert [t.get_text() for t in bottom.texts] == ["*", "24.0", "*"]
     assert [t.get_text() for t in bottom.get_xticklabels()] == ["wall", "sky", "person", "car"]
     assert top.get_title() == "FSD 782.00 (mean term 782.00, covariance term 0.00)"
     legend = [t.get_text() for t in top.get_legend().get_texts()]
@@ -270,7 +319,7 @@ def test_figure_top_k_title_and_labels(fig_pair):
     real, fake = fig_pair
     fig = plot_omissions(real, fake, top_k=2, fsd=1.5, labels=("training", "ProGAN"))
     top, bottom = fig.axes
-    assert len(top.patches) == 2 and len(bottom.patches) == 2 and not bottom.texts
+    assert len(top.patches) == 2 and len(bottom.patches) == 2 and not [t for t in bottom.texts if t.get_text() != "*"]
     assert top.get_title() == "FSD 1.50"
     assert [t.get_text() for t in top.get_legend().get_texts()] == ["training (n=2)", "ProGAN (n=2)"]
     fig = plot_omissions(real, fake, fsd=FrechetDistance(3.0, 2.0, 1.0), title="church")
