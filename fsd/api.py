@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from ._text import plural
 from .baselines import baseline_name, load_baseline
 from .distributed import SINGLE, World, current_world, local_device, reduce_stats, run_on_all_ranks
 from .errors import InputError
@@ -569,7 +570,7 @@ def _check_sides(real: Stats, fake: Stats, stacklevel: int) -> None:
                          "pixels per image; recompute one side with the other's segmenter settings")
     for name, stats in (("real", real), ("fake", fake)):
         if stats.n < 2:
-            raise InputError(f"the {name} set has {stats.n} image(s); FSD needs at least 2 per set "
+            raise InputError(f"the {name} set has {plural(stats.n, 'image')}; FSD needs at least 2 per set "
                              "(the paper uses 10,000)")
         observed = stats.observed_classes()
         if stats.n <= observed:
@@ -588,7 +589,8 @@ def _missing_rows(sides: list[tuple[str, Stats]]) -> str:
     return ""
 
 
-def _distance(real: Stats, fake: Stats, *, settings: BootstrapSettings, explicit: bool, fsd_inf: bool) -> FSDResult:
+def _distance(real: Stats, fake: Stats, *, settings: BootstrapSettings, explicit: bool, fsd_inf: bool,
+              warn_missing: bool = True) -> FSDResult:
     _check_sides(real, fake, stacklevel=4)
     d: FrechetDistance = stats_distance(real, fake)
     fields: dict = {}
@@ -604,7 +606,7 @@ def _distance(real: Stats, fake: Stats, *, settings: BootstrapSettings, explicit
                       bootstrap=settings, ci_note=small_sample_note([("real", real), ("generated", fake)]))
     elif missing:
         fields["ci_note"] = missing
-        if not any(NO_ROWS_ON_PURPOSE in s.rows_note for s in (real, fake) if s.rows is None):
+        if warn_missing and not any(NO_ROWS_ON_PURPOSE in s.rows_note for s in (real, fake) if s.rows is None):
             warnings.warn(f"{missing}; {RECOMPUTE_HINT}", stacklevel=3)
     if fsd_inf:
         ext = extrapolate(real, fake, settings.seed)

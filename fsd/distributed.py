@@ -180,8 +180,10 @@ def reduce_stats(stats: Stats, world: World, distinct_ranks: bool = False) -> St
     notes = [note for _, r, note in shares if r is None]
     if not notes:
         parts = [r for _, r, _ in shares]
-        if distinct_ranks:
-            parts = [replace(r, ids=tuple(f"rank{k}/{i}" for i in r.ids)) for k, r in enumerate(parts)]
+        if distinct_ranks:  # rank-major order: indices follow on from the ranks before
+            offsets = np.cumsum([0] + [len(r) for r in parts[:-1]])
+            parts = [replace(r, ids=tuple(f"rank{k}/{i}" for i in r.ids), index=np.arange(len(r)) + offset)
+                     for k, (r, offset) in enumerate(zip(parts, offsets))]
         rows = Rows.concatenate(parts, stats.num_classes)
     return Stats.from_sums(stats.meta, stats.pixels_per_image, n, count_sum, count_outer_sum, rows=rows,
                            rows_note=notes[0] if notes else "", skipped=skipped)

@@ -172,7 +172,7 @@ class FSDMetric(torch.nn.Module):
 
     def compute(self):
         """The `fsd.FSDResult` of everything added since the last `reset` (on every rank when synced)."""
-        from .api import distance
+        from .api import _distance
 
         real, fake = self.side_stats("real"), self.side_stats("fake")
         for name, stats in (("real", real), ("fake", fake)):
@@ -182,9 +182,9 @@ class FSDMetric(torch.nn.Module):
                     f"update(images, real={name == 'real'}) first" + (" or pass real= reference statistics"
                                                                       if name == "real" else "")
                 )
-        b = self.bootstrap
-        return distance(real, fake, bootstrap=b.samples if self.keep_rows else 0, ci_level=b.level,
-                        bootstrap_seed=b.seed)
+        # The interval is a setting of the metric: without rows (keep_rows=False, or sums restored from a
+        # state_dict) the result has none and says why, instead of failing a training run.
+        return _distance(real, fake, settings=self.bootstrap, explicit=False, fsd_inf=False, warn_missing=False)
 
     def reset(self, *, keep_real: bool = True) -> None:
         """Forget the fake images; with ``keep_real=False`` forget the real ones and the reference too."""

@@ -45,9 +45,14 @@ class CountingSegmenter(ColorSegmenter):
         return super().segment(images)
 
 
-def _same(a: fsd.Stats, b: fsd.Stats) -> None:
+def _same(a: fsd.Stats, b: fsd.Stats, same_ids: bool = True) -> None:
     assert a.n == b.n
     assert np.array_equal(a.count_sum, b.count_sum) and np.array_equal(a.count_outer_sum, b.count_outer_sum)
+    # The per-image rows travel too, in the single-process order (by source index).
+    ra, rb = a.rows, b.rows
+    assert (ra.ids == rb.ids or not same_ids) and np.array_equal(ra.index, rb.index)
+    assert np.array_equal(ra.indptr, rb.indptr) and np.array_equal(ra.classes, rb.classes)
+    assert np.array_equal(ra.counts, rb.counts)
 
 
 def _worker(rank: int, init_file: str, data: str) -> None:
@@ -84,23 +89,27 @@ def _checks(rank: int, data: Path) -> None:
     result = fsd.compute(real, fake, segmenter=ColorSegmenter(32), **run)
     alone = fsd.compute(real, fake, segmenter=ColorSegmenter(32), distributed=False, **run)
     assert result.fsd == alone.fsd
+    assert result.fsd_ci == alone.fsd_ci and result.fsd_ci is not None  # the bootstrap sees the same rows
     scores = [None] * WORLD
     dist.all_gather_object(scores, result.fsd)
     assert scores == [alone.fsd] * WORLD
 
     # 4. The metric with unequal numbers of images per rank (5 + 2 fake, 6 + 0 real).
     images_fake, images_real = float_images(7, seed=11), float_images(6, seed=12)
-    metric = fsd.FSDMetric(ColorSegmenter(32))
+    metric = fsd.FSDMetric(ColorSegmenter(32), bootstrap=200)
     if rank == 0:
         metric.update(images_fake[:5], real=False)
         metric.update(images_real, real=True)
     else:
         metric.update(images_fake[5:], real=False)
     synced = metric.compute()
-    single = fsd.FSDMetric(ColorSegmenter(32), sync_on_compute=False)
+    single = fsd.FSDMetric(ColorSegmenter(32), sync_on_compute=False, bootstrap=200)
     single.update(images_fake, real=False)
     single.update(images_real, real=True)
-    assert synced.fsd == single.compute().fsd and (synced.real.n, synced.fake.n) == (6, 7)
+    single_result = single.compute()
+    assert synced.fsd == single_result.fsd and (synced.real.n, synced.fake.n) == (6, 7)
+    assert synced.fsd_ci is not None and synced.fsd_ci == single_result.fsd_ci
+    assert synced.fake.rows.ids == tuple([f"rank0/fake[{k}]" for k in range(5)] + ["rank1/fake[0]", "rank1/fake[1]"])
     assert int(metric.fake_n) == (5 if rank == 0 else 2)  # local states untouched by the sync
     # a reference given to the metric counts once, not once per rank
     with_reference = fsd.FSDMetric(ColorSegmenter(32), real=real, num_workers=0)
@@ -114,7 +123,7 @@ def _checks(rank: int, data: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == [p.name for p in paths]
     _same(fsd.compute_stats(out, segmenter=ColorSegmenter(32), distributed=False, **run),
           fsd.compute_stats(generator=G, num_samples=5, seed=3, segmenter=ColorSegmenter(32), distributed=False,
-                            **run))
+                            **run), same_ids=False)
 
     # 6. A bad image in rank 1's share: rank 1 raises its error, rank 0 hears of it; nobody hangs.
     broken = data / "broken"

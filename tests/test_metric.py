@@ -61,6 +61,13 @@ def test_metric_equals_compute_on_the_same_images(data):
     as_uint8.update_real(((real.double() + 1) * 127.5).round().to(torch.uint8))
     as_uint8.update_fake(((fake.double() + 1) * 127.5).round().to(torch.uint8))
     assert as_uint8.compute().fsd == expected.fsd
+    # Rows kept per image: with bootstrap= the metric gives the interval fsd.compute gives.
+    with_ci = fsd.FSDMetric(ColorSegmenter(32), bootstrap=200)
+    _feed(with_ci, real, True, (13,))
+    _feed(with_ci, fake, False, (2, 7))
+    assert len(with_ci.compute().fake.rows) == 9
+    assert with_ci.compute().fsd_ci == fsd.distance(expected.real, expected.fake, bootstrap=200).fsd_ci
+    assert result.fsd_ci is None  # bootstrap=0 by default in training loops
 
 
 def test_reference_real_statistics_and_reset(data):
@@ -94,9 +101,13 @@ def test_states_are_exact_int64_sums_in_the_state_dict(data):
                                                                                      "count_outer_sum")}
     assert all(t.dtype == torch.int64 for t in state.values())
     assert int(state["real_count_sum"].sum()) == 13 * 32 * 32
-    restored = fsd.FSDMetric(ColorSegmenter(32))
+    restored = fsd.FSDMetric(ColorSegmenter(32), bootstrap=100)
     restored.load_state_dict(state)
-    assert restored.compute().fsd == expected.fsd
+    result = restored.compute()
+    assert result.fsd == expected.fsd
+    # state_dict holds the sums only: no interval, and it says why.
+    assert result.fsd_ci is None and "no per-image rows" in result.ci_note
+    assert "state_dict" in result.real.rows_note
 
 
 class BatchNormSegmenter(torch.nn.Module):

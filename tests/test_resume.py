@@ -42,6 +42,8 @@ def test_an_interrupted_run_resumes_to_the_same_statistics(image_folders, tmp_pa
     assert resumed.n == reference.n == 12
     assert np.array_equal(resumed.count_outer_sum, reference.count_outer_sum)
     assert np.array_equal(resumed.sigma, reference.sigma)
+    # The per-image rows travel through the checkpoint too.
+    assert resumed.rows.ids == reference.rows.ids and np.array_equal(resumed.rows.dense(), reference.rows.dense())
     assert not checkpoint.exists()
 
 
