@@ -10,3 +10,15 @@ def plural(count: int, word: str, plural_form: str | None = None) -> str:
     ('1 image', '3 images', '2 classes')
     """
     return f"{count} {word if count == 1 else (plural_form or word + 's')}"
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """Warn, attributed to the first caller outside this package (never to ``sys:1`` or fsd's own lines)."""
+    import sys
+    import warnings
+
+    package = __name__.rsplit(".", 1)[0] + "."
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is the caller of this function
+    while frame is not None and (frame.f_globals.get("__name__", "") + ".").startswith(package):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, category, stacklevel=level if frame is not None else 1)

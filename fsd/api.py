@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
@@ -25,8 +24,9 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._text import plural
+from ._text import plural, warn
 from .baselines import baseline_name, load_baseline
+from .devices import resolve_device
 from .distributed import SINGLE, World, current_world, local_device, reduce_stats, run_on_all_ranks
 from .errors import InputError
 from .frechet import FrechetDistance
@@ -178,8 +178,8 @@ def load_segmenter(
     if segmenter is None or segmenter == "upp":
         from .segmenters.upp import UPPSegmenter
 
-        return UPPSegmenter.from_pretrained(weights_dir=weights_dir, device=device, progress=progress,
-                                            precision=precision)
+        return UPPSegmenter.from_pretrained(weights_dir=weights_dir, device=resolve_device(device),
+                                            progress=progress, precision=precision)
     if precision != "float32":
         raise InputError("precision= applies to the UPP segmenter only")
     if isinstance(segmenter, str):
@@ -379,7 +379,7 @@ class _Checkpoint:
         saved = Stats.load(self.path)
         stats.merge(saved)
         consumed = int(extra["consumed"])
-        warnings.warn(f"resuming from checkpoint {self.path}: {consumed} images already done", stacklevel=4)
+        warn(f"resuming from checkpoint {self.path}: {plural(consumed, 'image')} already done")
         return consumed, list(saved.skipped)
 
     def save(self, stats: Stats, consumed: int, skipped: list[tuple[str, str]]) -> None:
@@ -422,8 +422,7 @@ def _stats_of(source: MapSource | GeneratorSource, segmenter: Segmenter, options
     stats = reduce_stats(run_on_all_ranks(world, local), world)
     if stats.skipped and world.is_main:
         listing = "\n".join(f"  {ident}: {reason}" for ident, reason in stats.skipped)
-        warnings.warn(f"skipped {len(stats.skipped)} unreadable image(s) in {stats.meta.source}:\n{listing}",
-                      stacklevel=3)
+        warn(f"skipped {plural(len(stats.skipped), 'unreadable image')} in {stats.meta.source}:\n{listing}")
     if stats.n == 0:
         raise InputError(f"no readable images in {stats.meta.source}")
     return stats
@@ -477,9 +476,21 @@ def compute_stats(
     source = _generator_side(source, generator, z_dim, z_sampler, value_range, output_hook, "source")
     world = current_world(distributed)
     (opened,), seg = _open_all([source], segmenter, options, world)
+    _check_subset(options, [opened])
     if isinstance(opened, Stats):
         return opened
     return _stats_of(opened, seg, options, world)
+
+
+def _check_subset(options: RunOptions, opened: list[Opened]) -> None:
+    """num_samples chooses images: saved statistics have none left to choose from."""
+    if options.num_samples is None or any(isinstance(o, GeneratorSource) for o in opened):
+        return  # with a generator, num_samples is its number of samples
+    saved = next((o for o in opened if isinstance(o, Stats)), None)
+    if saved is not None:
+        raise InputError(f"num_samples= chooses images, but one source is saved statistics ({saved.meta.source or 'Stats'}, "
+                         f"{plural(saved.n, 'image')} chosen when they were saved): leave num_samples out, or pass the "
+                         "images themselves")
 
 
 def compute(
@@ -530,6 +541,7 @@ def compute(
     fake = _generator_side(fake, generator, z_dim, z_sampler, value_range, output_hook, "fake")
     world = current_world(distributed)
     opened, seg = _open_all([real, fake], segmenter, options, world)
+    _check_subset(options, opened)
     real_options = replace(options, num_samples=None) if isinstance(opened[1], GeneratorSource) else options
     sides = [o if isinstance(o, Stats) else _stats_of(o, seg, side_options, world)
              for o, side_options in zip(opened, (real_options, options))]
@@ -563,7 +575,7 @@ def distance(
     return _distance(real, fake, settings=settings, explicit=bootstrap is not None, fsd_inf=fsd_inf)
 
 
-def _check_sides(real: Stats, fake: Stats, stacklevel: int) -> None:
+def _check_sides(real: Stats, fake: Stats) -> None:
     real.meta.check_comparable(fake.meta)
     if real.pixels_per_image != fake.pixels_per_image:
         raise InputError(f"cannot compare statistics over {real.pixels_per_image} and {fake.pixels_per_image} "
@@ -574,11 +586,9 @@ def _check_sides(real: Stats, fake: Stats, stacklevel: int) -> None:
                              "(the paper uses 10,000)")
         observed = stats.observed_classes()
         if stats.n <= observed:
-            warnings.warn(
-                f"the {name} set has {stats.n} images but {observed} classes occur: its covariance is "
-                "rank-deficient and FSD is a noisy estimate; use more images (the paper uses 10,000)",
-                stacklevel=stacklevel,
-            )
+            warn(f"the {name} set has {plural(stats.n, 'image')} but {plural(observed, 'class', 'classes')} occur: "
+                 "its covariance is rank-deficient and FSD is a noisy estimate; use more images (the paper uses "
+                 "10,000)")
 
 
 def _missing_rows(sides: list[tuple[str, Stats]]) -> str:
@@ -591,7 +601,7 @@ def _missing_rows(sides: list[tuple[str, Stats]]) -> str:
 
 def _distance(real: Stats, fake: Stats, *, settings: BootstrapSettings, explicit: bool, fsd_inf: bool,
               warn_missing: bool = True) -> FSDResult:
-    _check_sides(real, fake, stacklevel=4)
+    _check_sides(real, fake)
     d: FrechetDistance = stats_distance(real, fake)
     fields: dict = {}
     missing = _missing_rows([("real", real), ("fake", fake)])
@@ -607,7 +617,7 @@ def _distance(real: Stats, fake: Stats, *, settings: BootstrapSettings, explicit
     elif missing:
         fields["ci_note"] = missing
         if warn_missing and not any(NO_ROWS_ON_PURPOSE in s.rows_note for s in (real, fake) if s.rows is None):
-            warnings.warn(f"{missing}; {RECOMPUTE_HINT}", stacklevel=3)
+            warn(f"{missing}; {RECOMPUTE_HINT}")
     if fsd_inf:
         ext = extrapolate(real, fake, settings.seed)
         fields.update(fsd_inf=ext.value, fsd_inf_se=ext.se, extrapolation=ext)
@@ -725,10 +735,11 @@ def compare(
                          skip_bad_images, distributed)
     world = current_world(distributed)
     opened, seg = _open_all([real, *fakes], segmenter, options, world)
+    _check_subset(options, opened)
     sides = [o if isinstance(o, Stats) else _stats_of(o, seg, options, world) for o in opened]
     real_stats, fake_stats = sides[0], sides[1:]
     for f in fake_stats:
-        _check_sides(real_stats, f, stacklevel=3)
+        _check_sides(real_stats, f)
     missing = _missing_rows([("real", real_stats)] + [(f"model {j + 1}", f) for j, f in enumerate(fake_stats)])
     if missing and (bootstrap is not None and settings.samples > 0 or fsd_inf):
         for s in sides:

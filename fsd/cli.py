@@ -27,9 +27,15 @@ SORT_OPTION_HELP = ("Order of the per-class table: real (mean area in the real s
 
 
 class DefaultCommandGroup(click.Group):
-    """A group whose first argument names a subcommand only if it is one and is not an existing path;
-    anything else runs the ``default_command``. So ``fsd REAL FAKE`` runs ``compute``, ``fsd report ...``
-    runs ``report``, and a folder called ``report`` is still an image folder."""
+    """A group whose first argument names a subcommand only if it is one; anything else runs the
+    ``default_command``. So ``fsd REAL FAKE`` runs ``compute`` and ``fsd report ...`` runs ``report``.
+
+    A first argument that is both a subcommand and an existing file or folder (a folder called ``report``)
+    is read as the path when the rest of the command line makes sense that way (``fsd report FAKE``), and
+    as the subcommand otherwise (``fsd report a.npz b.npz``, which ``compute`` cannot take).
+
+    ``--help`` shows the default command's options too: they are what ``fsd REAL FAKE`` takes.
+    """
 
     default_command = "compute"
 
@@ -37,9 +43,28 @@ class DefaultCommandGroup(click.Group):
         from pathlib import Path
 
         if args and args[0] not in ("--help", "-h", "--version"):
-            if args[0] not in self.commands or Path(args[0]).exists():
+            if args[0] not in self.commands:
+                args = [self.default_command, *args]
+            elif Path(args[0]).exists() and self._parses_as_default(ctx, args):
                 args = [self.default_command, *args]
         return super().parse_args(ctx, args)
+
+    def _parses_as_default(self, ctx: click.Context, args: list[str]) -> bool:
+        command = self.commands[self.default_command]
+        try:
+            with command.make_context(self.default_command, list(args), parent=ctx):
+                return True
+        except click.UsageError:
+            return False
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_options(ctx, formatter)
+        command = self.commands[self.default_command]
+        with click.Context(command, info_name=ctx.info_name, parent=ctx) as sub:
+            rows = [r for p in command.get_params(sub)
+                    if isinstance(p, click.Option) and (r := p.get_help_record(sub)) is not None]
+        with formatter.section("Options of fsd REAL FAKE (the default command)"):
+            formatter.write_dl(rows)
 
 
 def _rank() -> int:
@@ -144,7 +169,8 @@ def cli() -> None:
     \b
     Under torchrun (torchrun --nproc_per_node 4 -m fsd REAL FAKE) the work is shared by the processes
     and the result printed once. REAL and FAKE may be the names lsun_church / lsun_bedroom, unless a
-    file or folder of that name exists: an existing path always wins.
+    file or folder of that name exists: an existing path wins (also over a command name, where the
+    rest of the command line fits the default command).
     """
 
 
@@ -231,7 +257,7 @@ def _generator_options(f):
 @click.option("--save-stats", nargs=2, type=click.Path(), metavar="SOURCE OUT.npz",
               help="Compute the statistics of SOURCE and save them to OUT.npz instead of comparing. Progress is "
                    "checkpointed to OUT.npz.partial every 1000 images; rerunning an interrupted command resumes.")
-@click.option("--device", help="torch device, e.g. cuda, cuda:1, cpu, mps. Default: cuda if available.")
+@click.option("--device", help="torch device, e.g. cuda, cuda:1, cpu, mps. Default: CUDA, else MPS, else CPU.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Image decoding processes. Default: up to 8 on Linux, 0 elsewhere.")
@@ -250,13 +276,14 @@ def _generator_options(f):
 @_segmenter_options
 @_uncertainty_options
 @_report_options
+@click.option("--overwrite", is_flag=True, help="Replace output files (--save-stats, --report-csv, --plot) that exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, device, batch_size, num_workers,
                     num_samples, seed, weights_dir, skip_bad_images, no_rows, segmenter, num_classes, precision,
                     bootstrap, ci_level, bootstrap_seed, fsd_inf, q_threshold,
-                    show_report, top_k, sort, report_csv, plot_path, as_json, quiet, debug) -> None:
+                    show_report, top_k, sort, report_csv, plot_path, overwrite, as_json, quiet, debug) -> None:
     """FSD between REAL and FAKE (image folders, saved .npz statistics, lsun_church / lsun_bedroom, or a
     generator with --generator)."""
 
@@ -283,8 +310,10 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
         if not generator_spec and (z_dim is not None or value_range != (-1.0, 1.0)):
             raise click.UsageError("--z-dim and --value-range apply to --generator")
         if save_stats:
-            _check_stats_output(save_stats[1])
-        _check_outputs(report_csv, plot_path)
+            _check_stats_output(save_stats[1], overwrite)
+        _check_outputs(report_csv, plot_path, overwrite)
+        if not generator_spec:  # with --generator, --num-samples is its number of samples
+            _check_subset_applies(num_samples, [save_stats[0]] if save_stats else [real, fake])
         with _torchrun_session(device):
             world = current_world()
             rank_device = local_device(device, world)
@@ -336,7 +365,8 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=1, show_default=True,
               help="Seed of the latents: sample k depends only on (seed, k).")
 @_generator_options
-@click.option("--device", help="torch device for the generator. Default: cuda if available (each rank's GPU under torchrun).")
+@click.option("--device", help="torch device for the generator. Default: CUDA, else MPS, else CPU (each rank's GPU "
+                               "under torchrun).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--weights-dir", type=click.Path(file_okay=False),
               help="Folder holding downloaded generator files (for proggan:NAME); used as is.")
@@ -389,15 +419,16 @@ def sample_command(generator_spec, out_dir, num_samples, seed, z_dim, value_rang
 @click.option("--weights-dir", type=click.Path(file_okay=False),
               help="Folder of downloaded files, for the baseline names (their tally and labels.json).")
 @_uncertainty_options
+@click.option("--overwrite", is_flag=True, help="Replace output files (--report-csv, --plot) that exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def report_command(real, fake, top_k, sort, report_csv, plot_path, weights_dir, bootstrap, ci_level, bootstrap_seed,
-                   fsd_inf, q_threshold, as_json, debug) -> None:
+                   fsd_inf, q_threshold, overwrite, as_json, debug) -> None:
     """Score, intervals and per-class report from two saved statistics files or baseline names (no
     segmentation runs)."""
 
     def action() -> None:
-        _check_outputs(report_csv, plot_path)
+        _check_outputs(report_csv, plot_path, overwrite)
         from pathlib import Path
 
         from . import api
@@ -525,7 +556,7 @@ def _make_segmenter(kind: str, num_classes: int | None, device, weights_dir, pro
     return load_segmenter("upp", device=device, weights_dir=weights_dir, progress=progress, precision=precision)
 
 
-def _check_stats_output(out: str) -> None:
+def _check_stats_output(out: str, overwrite: bool) -> None:
     from pathlib import Path
 
     path = Path(out)
@@ -533,18 +564,40 @@ def _check_stats_output(out: str) -> None:
         raise InputError(f"--save-stats writes an .npz file: name it like {path.with_suffix('.npz')}")
     if path.is_dir():
         raise InputError(f"--save-stats: {path} is a folder; give a file name ending in .npz")
+    _check_not_there(path, "--save-stats", overwrite)
 
 
-def _check_outputs(report_csv: str | None, plot_path: str | None) -> None:
-    """Refuse unwritable output paths before the expensive work, not after it."""
+def _check_not_there(path, option: str, overwrite: bool) -> None:
+    """Files are replaced only when asked, as `fsd sample` and `fsd.invert` do with folders."""
+    from pathlib import Path
+
+    if Path(path).exists() and not overwrite:
+        raise InputError(f"{option}: {path} exists; pass --overwrite to replace it, or choose another name")
+
+
+def _check_outputs(report_csv: str | None, plot_path: str | None, overwrite: bool) -> None:
+    """Refuse unwritable or existing output paths before the expensive work, not after it."""
     from pathlib import Path
 
     if plot_path:
         from .report import check_figure_path
 
         check_figure_path(plot_path)
-    if report_csv and not Path(report_csv).parent.is_dir():
-        raise InputError(f"cannot write {report_csv}: folder {Path(report_csv).parent} does not exist")
+        _check_not_there(plot_path, "--plot", overwrite)
+    if report_csv:
+        if not Path(report_csv).parent.is_dir():
+            raise InputError(f"cannot write {report_csv}: folder {Path(report_csv).parent} does not exist")
+        _check_not_there(report_csv, "--report-csv", overwrite)
+
+
+def _check_subset_applies(num_samples: int | None, sides) -> None:
+    """--num-samples chooses images; saved statistics have none left to choose from."""
+    if num_samples is None:
+        return
+    saved = [side for side in sides if isinstance(side, str) and _is_stats_file(side)]
+    if saved:
+        raise InputError(f"--num-samples chooses images, but {saved[0]} is saved statistics (their images were "
+                         "chosen when they were saved): drop --num-samples, or give the images themselves")
 
 
 def _print_result(result, as_json: bool, show_report: bool, top_k: int, sort: str,

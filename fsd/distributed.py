@@ -96,6 +96,10 @@ def local_device(device: str | torch.device | None, world: World) -> torch.devic
     ``$LOCAL_RANK`` (set by torchrun) picks the GPU, else ``torch.cuda.current_device()``. Other
     devices, and everything outside a multi-process run, are returned as given.
     """
+    from .devices import resolve_device
+
+    if device is not None:
+        resolve_device(device)  # a device that does not exist here is bad input, named before any work
     if world.size == 1 or not torch.cuda.is_available():
         return None if device is None else torch.device(device)
     if device is not None and str(device) != "cuda":

@@ -57,6 +57,7 @@ import torch
 from PIL import Image
 
 from ._io import atomic_write, prepare_output_folder
+from .devices import resolve_device
 from .errors import InputError
 from . import preprocess
 from .preprocess import prepare_array, quantize
@@ -237,6 +238,13 @@ class GeneratorSource:
         if self.seed is not None:
             check_seed(self.seed)
         parse_value_range(self.value_range)
+        own = getattr(self.generator, "z_dim", None)
+        if (self.z_dim is not None and isinstance(own, int) and not isinstance(own, bool) and own > 0
+                and own != self.z_dim):
+            raise InputError(
+                f"z_dim={self.z_dim} was given, but {self._generator_name()} says its z_dim is {own}: leave z_dim "
+                "out (--z-dim on the command line) to use the generator's own, or give the one it takes"
+            )
         if self.z_sampler is None and self.resolved_z_dim is None:
             raise InputError(
                 f"cannot tell the latent size of {self._generator_name()}: pass z_dim= (standard normal "
@@ -312,12 +320,19 @@ class GeneratorSource:
         n = _batch_length(latents)
         latents = _move(latents, self.generator_device())
         with torch.no_grad():
-            if isinstance(latents, torch.Tensor):
-                output = self.generator(latents)
-            elif isinstance(latents, tuple):
-                output = self.generator(*latents)
-            else:
-                output = self.generator(**latents)
+            try:
+                if isinstance(latents, torch.Tensor):
+                    output = self.generator(latents)
+                elif isinstance(latents, tuple):
+                    output = self.generator(*latents)
+                else:
+                    output = self.generator(**latents)
+            except (TypeError, RuntimeError) as exc:
+                hint = self._call_hint(exc, latents)
+                if hint is None:
+                    raise
+                raise InputError(f"{self._generator_name()} failed on its latents ({type(exc).__name__}: {exc}); "
+                                 f"{hint}") from exc
             if self.output_hook is not None:
                 output = self.output_hook(output)
         what = f"the output of {self._generator_name()}" + (" after output_hook" if self.output_hook else "")
@@ -325,6 +340,22 @@ class GeneratorSource:
         if images.shape[0] != n:
             raise InputError(f"{what} holds {images.shape[0]} images for {n} latents; it must give one per latent")
         return images
+
+    def _call_hint(self, exc: Exception, latents: Latents) -> str | None:
+        """What to give when calling the generator failed in a way the latents explain, else None."""
+        text = str(exc)
+        if isinstance(exc, TypeError) and ("positional argument" in text or "required" in text):
+            if self.z_sampler is None:
+                return ("it takes more than one latent tensor (class labels, say): pass z_sampler= returning a "
+                        "tuple (positional) or dict (keyword) of its arguments, see fsd.generators (on the command "
+                        "line, name with --generator a function of z alone that draws the rest itself)")
+            return "the latents z_sampler= returns do not match the generator's arguments"
+        shape_error = any(k in text for k in ("shapes cannot be multiplied", "size mismatch", "must match the size",
+                                              "Expected size", "expected input"))
+        if isinstance(exc, RuntimeError) and shape_error and self.z_sampler is None:
+            return (f"it was given standard normal latents of shape {tuple(latents.shape)}; if its latent size is "
+                    f"not {self.resolved_z_dim}, give the right one with z_dim= (--z-dim on the command line)")
+        return None
 
     def images(self, indices: Sequence[int], seed: int | None = None, batch_size: int = 32) -> torch.Tensor:
         """The uint8 samples ``indices`` (ascending), at the generator's resolution, on the CPU."""
@@ -459,6 +490,8 @@ def load_generator(
     Modules are moved to ``device`` and put in eval mode (exported programs cannot switch modes: export
     the generator in eval mode).
     """
+    if device is not None:
+        device = resolve_device(device)
     if spec.startswith("proggan:"):
         from .invert import proggan
 

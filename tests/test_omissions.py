@@ -88,7 +88,7 @@ def test_folder_table_counts_and_sizes_losses():
     assert person.max_loss == pytest.approx(25.0)
     assert person.mean_real == pytest.approx(41 / 3) and person.mean_reconstruction == pytest.approx(5 / 3)
     tree = rows[2]
-    assert (tree.photos_lost, tree.photos_present, tree.label) == (0, 1, "tree")
+    assert (tree.photos_lost, tree.photos_present, tree.label) == (0, 1, "tree, arbor")  # the full name, never a first word
     assert tree.mean_difference == pytest.approx(-14 / 3) and tree.max_loss == pytest.approx(0.0)
 
 

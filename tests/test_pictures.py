@@ -128,6 +128,6 @@ def test_html_page_escapes_and_links_relatively():
     assert 'src="panels/b_x_b.png"' in page and 'href="reconstructions/y.png"' in page
     assert 'id="ranking-3"' in page and 'href="ranked_person-3.csv"' in page
     assert "http" not in page
-    assert "person (25.0)" in page  # the lost class of the first photo, with its loss
+    assert "person, individual (25.0)" in page  # the lost class of the first photo (full name), its loss
     with pytest.raises(InputError):
         html_page(report, ["only-one"])

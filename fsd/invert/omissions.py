@@ -69,7 +69,6 @@ from fsd.errors import ImageReadError, InputError
 from fsd.generators import images_to_uint8, prepare_images
 from fsd.invert.inversion import InversionConfig, invert_layer, vgg16_relu4_2
 from fsd.invert.split import PROGGAN_SPLIT, LayerSplit
-from fsd.report import short_label
 from fsd.segmenters.base import Preprocessing, Segmenter, class_percentages
 from fsd.sources import MapSource, open_source
 
@@ -112,7 +111,8 @@ class LostClass:
 
     @property
     def label(self) -> str:
-        return short_label(self.name)
+        """The class's full name (first words collide: towel / towel rack)."""
+        return self.name
 
     def to_record(self) -> dict[str, object]:
         return {"index": self.index, "class": self.name, "real": self.real,
@@ -142,7 +142,8 @@ class ClassOmission:
 
     @property
     def label(self) -> str:
-        return short_label(self.name)
+        """The class's full name (first words collide: towel / towel rack)."""
+        return self.name
 
     def to_record(self) -> dict[str, object]:
         return {"index": self.index, "name": self.name, "photos_lost": self.photos_lost,
@@ -165,6 +166,21 @@ class PhotoRank:
         return self.real - self.reconstruction
 
 
+def _first_word(name: str) -> str:
+    words = name.replace(",", " ").split()
+    return (words[0] if words else name).lower()
+
+
+def class_slug(name: str) -> str:
+    """A file-name-safe form of a class's name before its synonyms, whole (never only its first word).
+
+    >>> class_slug("coffee maker"), class_slug("person, individual, someone")
+    ('coffee-maker', 'person')
+    """
+    primary = name.split(",")[0]
+    return re.sub(r"[^0-9a-z]+", "-", primary.lower()).strip("-") or "class"
+
+
 def find_class(class_names: Sequence[str], cls: int | str) -> int:
     """The index of a class given by index, full name, or first word (``"person"``); case-insensitive.
 
@@ -178,7 +194,7 @@ def find_class(class_names: Sequence[str], cls: int | str) -> int:
     exact = [i for i, name in enumerate(class_names) if name.lower() == wanted]
     if exact:
         return exact[0]
-    by_label = [i for i, name in enumerate(class_names) if short_label(name).lower() == wanted]
+    by_label = [i for i, name in enumerate(class_names) if _first_word(name) == wanted]
     if len(by_label) == 1:
         return by_label[0]
     if by_label:
@@ -335,7 +351,7 @@ class OmissionReport:
                     f"{self.n} photos")
         headers = ("#", "class", "lost in", "mean loss", "max loss", "real %", "recon %")
         body = [
-            (str(i), r.label[:28], f"{r.photos_lost}/{self.n}", f"{r.mean_loss_when_lost:.2f}",
+            (str(i), r.name, f"{r.photos_lost}/{self.n}", f"{r.mean_loss_when_lost:.2f}",
              f"{r.max_loss:.2f}", f"{r.mean_real:.2f}", f"{r.mean_reconstruction:.2f}")
             for i, r in enumerate(rows, start=1)
         ]
@@ -695,7 +711,7 @@ def invert_folder(
     report.write_photo_csv(files["photo_csv"], names)
     rankings: dict[int, str] = {}
     for c in dict.fromkeys(rank_classes):
-        file_name = f"ranked_{output_names([short_label(class_names[c])])[0]}-{c}.csv"
+        file_name = f"ranked_{class_slug(class_names[c])}-{c}.csv"
         report.write_ranking_csv(out / file_name, c, names)
         files[f"ranked_{c}"] = out / file_name
         rankings[c] = file_name

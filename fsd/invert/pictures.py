@@ -27,7 +27,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fsd.errors import InputError
-from fsd.report import short_label
 
 if TYPE_CHECKING:
     from fsd.invert.omissions import OmissionReport
@@ -172,7 +171,7 @@ def panel(
         x = columns[position % 2]
         row_y = y + (position // 2) * LINE
         draw.rectangle((x, row_y + 2, x + swatch, row_y + 2 + swatch), fill=class_color(c), outline=INK)
-        name = "no prediction" if c == 0 else short_label(class_names[c])
+        name = "no prediction" if c == 0 else class_names[c]
         numbers = f"  {real:.1f}% -> {fake:.1f}%"
         room = width - swatch - 6 - draw.textlength(numbers, font=font)
         draw.text((x + swatch + 6, row_y + 1), _fit(draw, name, font, max(room, 10)) + numbers,

@@ -1,0 +1,161 @@
+"""Rough edges a new user met (issue "Rough edges"): each test is the run that showed one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import fsd
+from fsd.cli import cli
+from fsd.errors import InputError
+from tests.conftest import ColorSegmenter
+
+
+# -- devices that do not exist here ------------------------------------------------------------------------
+@pytest.mark.parametrize("device", ["cuda:99", "gpu", "tpu", "mps:7"])
+def test_a_device_that_does_not_exist_is_an_input_error_naming_the_devices_here(image_folders, device):
+    real, fake = image_folders
+    with pytest.raises(InputError, match="devices here: cpu"):
+        fsd.compute(real, fake, device=device, progress=False, num_workers=0)
+
+
+@pytest.mark.parametrize("device", ["cuda:99", "gpu"])
+def test_cli_device_errors_exit_2_with_one_line(image_folders, device):
+    real, fake = image_folders
+    result = CliRunner().invoke(cli, [str(real), str(fake), "--device", device, "-q"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "devices here: cpu" in lines[0]
+
+
+def test_no_cuda_here_says_so():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")  # the check above (cuda:99) runs everywhere
+    with pytest.raises(InputError, match="asks for CUDA, which this machine does not have"):
+        fsd.load_segmenter("upp", device="cuda")
+
+
+# -- generator calls explained -------------------------------------------------------------------------------
+class SmallG(torch.nn.Module):
+    z_dim = 16
+
+    def __init__(self, inputs: int = 16):
+        super().__init__()
+        self.linear = torch.nn.Linear(inputs, 3 * 8 * 8)
+
+    def forward(self, z):
+        return torch.tanh(self.linear(z)).view(-1, 3, 8, 8)
+
+
+class Conditional(SmallG):
+    def forward(self, z, labels):
+        return super().forward(z)
+
+
+def test_a_z_dim_that_contradicts_the_generator_is_refused():
+    with pytest.raises(InputError, match="z_dim=512 was given, but .* its z_dim is 16"):
+        fsd.GeneratorSource(SmallG(), z_dim=512)
+    assert fsd.GeneratorSource(SmallG(), z_dim=16).images([0]).shape == (1, 3, 8, 8)
+
+
+def test_a_wrong_latent_size_and_a_conditional_generator_say_what_to_give():
+    class NoAttribute(SmallG):
+        z_dim = None
+
+    with pytest.raises(InputError, match=r"latents of shape \(1, 512\).*z_dim="):
+        fsd.GeneratorSource(NoAttribute(), z_dim=512).images([0])
+    with pytest.raises(InputError, match="missing 1 required positional argument.*z_sampler="):
+        fsd.GeneratorSource(Conditional()).images([0])
+    labels = lambda n, rng: (torch.randn(n, 16, generator=rng), torch.zeros(n, dtype=torch.long))  # noqa: E731
+    assert fsd.GeneratorSource(Conditional(), z_sampler=labels).images([0, 1]).shape == (2, 3, 8, 8)
+
+
+# -- options that were silently ignored ------------------------------------------------------------------
+LABELMAP = ["--segmenter", "labelmap", "--num-classes", "4", "--num-workers", "0", "-q"]
+
+
+@pytest.fixture
+def label_folder(tmp_path):
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(6):
+        Image.fromarray(rng.integers(0, 4, (32, 32), dtype=np.uint8)).save(folder / f"{k}.png")
+    return folder
+
+
+def test_num_samples_with_saved_statistics_is_refused(label_folder, tmp_path):
+    saved = tmp_path / "s.npz"
+    assert CliRunner().invoke(cli, ["--save-stats", str(label_folder), str(saved), *LABELMAP]).exit_code == 0
+    result = CliRunner().invoke(cli, [str(saved), str(label_folder), *LABELMAP, "-n", "2"])
+    assert result.exit_code == 2 and "--num-samples chooses images" in result.stderr
+    with pytest.raises(InputError, match="num_samples= chooses images"):
+        fsd.compute(saved, label_folder, segmenter=fsd.LabelMapSegmenter(4), num_samples=2, num_workers=0,
+                    progress=False)
+
+
+def test_existing_outputs_are_replaced_only_with_overwrite(label_folder, tmp_path):
+    saved = tmp_path / "s.npz"
+    args = ["--save-stats", str(label_folder), str(saved), *LABELMAP]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    before = saved.read_bytes()
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 2 and "exists; pass --overwrite" in again.stderr and saved.read_bytes() == before
+    assert CliRunner().invoke(cli, [*args, "--overwrite"]).exit_code == 0
+    csv = tmp_path / "classes.csv"
+    csv.write_text("mine")
+    result = CliRunner().invoke(cli, [str(saved), str(saved), *LABELMAP, "--report-csv", str(csv)])
+    assert result.exit_code == 2 and "--report-csv" in result.stderr and csv.read_text() == "mine"
+
+
+# -- help texts ---------------------------------------------------------------------------------------------
+def test_top_level_help_shows_the_main_commands_options():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for option in ("--num-samples", "--device", "--bootstrap", "--save-stats", "--report"):
+        assert option in result.output
+    assert "CUDA, else MPS, else CPU" in result.output
+    assert "compare" in result.output and "report" in result.output
+
+
+def test_a_folder_named_like_a_command_does_not_hide_the_command(tmp_path, monkeypatch, label_folder):
+    saved = tmp_path / "s.npz"
+    assert CliRunner().invoke(cli, ["--save-stats", str(label_folder), str(saved), *LABELMAP]).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "report").mkdir()
+    # Two saved files after it: only the report command takes that.
+    result = CliRunner().invoke(cli, ["report", str(saved), str(saved), "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("FSD: 0.0000")
+
+
+def test_a_set_against_itself_is_exactly_zero_and_warnings_name_the_callers_line(image_folders):
+    real, _ = image_folders
+    # 3 images, 4 classes: the small-sample warning fires, and must point here.
+    stats = fsd.compute_stats(real, segmenter=ColorSegmenter(), num_samples=3, num_workers=0, progress=False)
+    with pytest.warns(UserWarning) as caught:
+        result = fsd.distance(stats, stats)
+    assert (result.fsd, result.mean_term, result.covariance_term) == (0.0, 0.0, 0.0)
+    assert caught[0].filename == __file__  # this line, not fsd's internals or sys:1
+
+
+# -- class names: full names, never a colliding first word ---------------------------------------------------
+def test_class_names_in_inversion_outputs_are_whole():
+    from fsd.invert.omissions import ClassOmission, class_slug, find_class
+    names = ["-", "coffee table", "coffee maker", "towel", "towel rack", "person, individual"]
+    assert class_slug("coffee maker") == "coffee-maker" and class_slug("person, individual") == "person"
+    assert find_class(names, "coffee maker") == 2 and find_class(names, "person") == 5
+    with pytest.raises(InputError, match="ambiguous: coffee table; coffee maker"):
+        find_class(names, "coffee")
+    lost = ClassOmission(4, "towel rack", 2, 3, 1.0, 2.0, 0.5, 3.0, 2.5)
+    assert lost.label == "towel rack" and "towel rack" in lost.to_record()["name"]
+
+
+def test_axis_labels_are_unique_among_the_classes_shown():
+    from fsd.report import axis_labels
+    names = ["wall", "wall socket", "shower", "shower stall", "traffic light", "traffic cone", "car, auto"]
+    labels = axis_labels(names)
+    assert len(set(labels)) == len(labels) and labels[-1] == "car"
