@@ -45,6 +45,7 @@ from .sources import (  # noqa: E402
     open_source,
 )
 from .rows import Rows  # noqa: E402
+from .shards import merge_stats  # noqa: E402
 from .stats import Stats, StatsMeta  # noqa: E402
 from .uncertainty import BootstrapSettings  # noqa: E402
 
@@ -58,7 +59,9 @@ def plot_omissions(*args, **kwargs):
 
 __all__ = [
     "__version__", "compute", "compute_stats", "distance", "compare", "class_percentages_of", "load_segmenter",
-    "FSDResult", "Comparison", "PairComparison", "BootstrapSettings", "PerImage", "Stats", "StatsMeta", "Rows", "FrechetDistance", "frechet_distance",
+    "merge_stats",
+    "FSDResult", "Comparison", "PairComparison", "BootstrapSettings", "PerImage", "Stats", "StatsMeta", "Rows",
+    "FrechetDistance", "frechet_distance",
     "Segmenter", "Preprocessing", "class_counts", "class_percentages", "LabelMapSegmenter",
     "MapSource", "FolderSource", "ZipSource", "ArraySource", "ArrayFileSource", "LmdbSource",
     "SequenceSource", "SourceFormatError", "open_source", "plot_omissions",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from . import __version__
+from . import __version__, shards
 from ._text import plural, warn
 from .baselines import baseline_name, load_baseline
 from .devices import resolve_device
@@ -41,7 +41,7 @@ from .sources import (
     open_source,
     select_indices,
 )
-from .stats import NO_ROWS_ON_PURPOSE, RECOMPUTE_HINT, Stats, StatsMeta
+from .stats import NO_ROWS_ON_PURPOSE, RECOMPUTE_HINT, ShardInfo, Stats, StatsMeta
 from .uncertainty import (
     DEFAULT_LEVEL,
     DEFAULT_METHOD,
@@ -73,6 +73,7 @@ class RunOptions:
     checkpoint: str | os.PathLike | None = None
     checkpoint_every: int = 1000
     keep_rows: bool = True
+    shard: tuple[int, int] | None = None
 
 
 Interval = tuple[float, float]
@@ -153,12 +154,22 @@ class FSDResult:
 
 @dataclass(frozen=True)
 class PerImage:
-    """Per-image class pixel percentages (N, C) float64, with each row's image identity."""
+    """Per-image class pixel percentages (N, C) float64, with each row's image identity.
+
+    ``np.asarray(per_image)`` is the (N, C) percentages; ``len(per_image)`` is N.
+    """
 
     percentages: np.ndarray
     ids: list[str]
     class_names: tuple[str, ...]
     skipped: tuple[tuple[str, str], ...] = field(default=())
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.percentages if dtype is None else self.percentages.astype(dtype, copy=False)
+        return array.copy() if copy else array
+
+    def __len__(self) -> int:
+        return len(self.percentages)
 
 
 def load_segmenter(
@@ -281,6 +292,7 @@ class _Plan:
     indices: list[int]
     description: str
     seed: int
+    shard: ShardInfo | None = None
 
     def identities(self) -> list[str]:
         if isinstance(self.source, GeneratorSource):
@@ -289,12 +301,23 @@ class _Plan:
 
 
 def _plan(source: MapSource | GeneratorSource, options: RunOptions, world: World) -> _Plan:
+    """The chosen images (the subset rule, then this shard of them, then this rank's share)."""
     if isinstance(source, GeneratorSource):
         count = source.sample_count(options.num_samples)
         seed = source.sample_seed(options.seed)
-        return _Plan(source, world.shard(range(count)), source.description(count, seed), seed)
-    chosen = select_indices(len(source), options.num_samples, options.seed)
-    return _Plan(source, world.shard(chosen), source.description, options.seed)
+        chosen, description = list(range(count)), source.description(count, seed)
+        identities = lambda: ()  # noqa: E731  (a generator's description names its samples: count and seed)
+    else:
+        chosen = select_indices(len(source), options.num_samples, options.seed)
+        description, seed = source.description, options.seed
+        identities = lambda: (source.identity(i) for i in chosen)  # noqa: E731
+    info = None
+    if options.shard is not None:
+        i, k = options.shard
+        info = ShardInfo(i, k, description, shards.fingerprint(identities(), description), len(chosen),
+                         options.num_samples, options.seed)
+    mine = world.shard(shards.split(chosen, options.shard))
+    return _Plan(source, mine, description, seed, info)
 
 
 def _batches(plan: _Plan, indices: list[int], segmenter: Segmenter, options: RunOptions,
@@ -397,8 +420,9 @@ def _stats_of(source: MapSource | GeneratorSource, segmenter: Segmenter, options
     h = w = segmenter.preprocessing.size
     skipped: list[tuple[str, str]] = []
 
+    plan = _plan(source, options, world)
+
     def local() -> Stats:
-        plan = _plan(source, options, world)
         stats = Stats(_meta_for(segmenter, plan.description), pixels_per_image=h * w, keep_rows=options.keep_rows)
         checkpoint, start = None, 0
         if options.checkpoint is not None:
@@ -423,8 +447,9 @@ def _stats_of(source: MapSource | GeneratorSource, segmenter: Segmenter, options
     if stats.skipped and world.is_main:
         listing = "\n".join(f"  {ident}: {reason}" for ident, reason in stats.skipped)
         warn(f"skipped {plural(len(stats.skipped), 'unreadable image')} in {stats.meta.source}:\n{listing}")
-    if stats.n == 0:
+    if stats.n == 0 and plan.shard is None:
         raise InputError(f"no readable images in {stats.meta.source}")
+    stats.shard = plan.shard
     return stats
 
 
@@ -450,6 +475,7 @@ def compute_stats(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 1000,
     keep_rows: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> Stats:
     """Statistics of one source: a folder of images, a saved ``.npz`` or baseline name (returned as
     loaded), a `GeneratorSource`, or ``generator=G`` (see `fsd.generators` for ``z_dim``, ``z_sampler``,
@@ -467,17 +493,24 @@ def compute_stats(
     when the run completes. A checkpoint of a different run (other images, subset, segmenter or options)
     is refused with an error, never mixed in. Single process only.
 
+    ``shard=(i, k)``: only shard ``i`` of ``k`` of the chosen images (``0 <= i < k``), for array jobs;
+    `fsd.merge_stats` joins the ``k`` shards into exactly the statistics of one run (see `fsd.shards`).
+
     >>> stats = fsd.compute_stats(generator=G, z_dim=512, num_samples=10_000)  # doctest: +SKIP
     """
     if checkpoint_every < 1:
         raise InputError(f"checkpoint_every must be at least 1, got {checkpoint_every}")
     options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress,
-                         skip_bad_images, distributed, checkpoint, checkpoint_every, keep_rows)
+                         skip_bad_images, distributed, checkpoint, checkpoint_every, keep_rows,
+                         shards.check_shard(shard))
     source = _generator_side(source, generator, z_dim, z_sampler, value_range, output_hook, "source")
     world = current_world(distributed)
     (opened,), seg = _open_all([source], segmenter, options, world)
     _check_subset(options, [opened])
     if isinstance(opened, Stats):
+        if shard is not None:
+            raise InputError(f"shard= splits images, but {opened.meta.source or 'the source'} is saved statistics: "
+                             "give the images themselves")
         return opened
     return _stats_of(opened, seg, options, world)
 

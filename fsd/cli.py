@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import click
 
 from . import __version__
+from ._text import plural
 from .errors import FSDError, InputError
 
 
@@ -257,6 +258,9 @@ def _generator_options(f):
 @click.option("--save-stats", nargs=2, type=click.Path(), metavar="SOURCE OUT.npz",
               help="Compute the statistics of SOURCE and save them to OUT.npz instead of comparing. Progress is "
                    "checkpointed to OUT.npz.partial every 1000 images; rerunning an interrupted command resumes.")
+@click.option("--shard", "shard_spec", metavar="I/K",
+              help="With --save-stats: only shard I of K (I counted from 0) of the chosen images, for array jobs "
+                   "(e.g. --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT); join the K files with fsd merge.")
 @click.option("--device", help="torch device, e.g. cuda, cuda:1, cpu, mps. Default: CUDA, else MPS, else CPU.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
@@ -280,7 +284,8 @@ def _generator_options(f):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, device, batch_size, num_workers,
+def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, shard_spec, device, batch_size,
+                    num_workers,
                     num_samples, seed, weights_dir, skip_bad_images, no_rows, segmenter, num_classes, precision,
                     bootstrap, ci_level, bootstrap_seed, fsd_inf, q_threshold,
                     show_report, top_k, sort, report_csv, plot_path, overwrite, as_json, quiet, debug) -> None:
@@ -302,6 +307,8 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                                                   ("--q-threshold", q_threshold != 0.05)) if given]
             if comparing:
                 raise click.UsageError(f"{', '.join(comparing)} apply when comparing two sets, not to --save-stats")
+        elif shard_spec:
+            raise click.UsageError("--shard applies to --save-stats SOURCE OUT.npz (merge the shards with fsd merge)")
         elif generator_spec:
             if not real or fake:
                 raise click.UsageError("with --generator give REAL only: the generator is the fake side")
@@ -309,8 +316,13 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
             raise click.UsageError("give REAL and FAKE (or --save-stats SOURCE OUT.npz); see --help")
         if not generator_spec and (z_dim is not None or value_range != (-1.0, 1.0)):
             raise click.UsageError("--z-dim and --value-range apply to --generator")
+        shard = None
         if save_stats:
             _check_stats_output(save_stats[1], overwrite)
+            if shard_spec:
+                from .shards import parse_shard
+
+                shard = parse_shard(shard_spec)
         _check_outputs(report_csv, plot_path, overwrite)
         if not generator_spec:  # with --generator, --num-samples is its number of samples
             _check_subset_applies(num_samples, [save_stats[0]] if save_stats else [real, fake])
@@ -342,18 +354,48 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                 source, out = save_stats
                 # A long run saves its exact partial sums next to OUT; rerunning resumes from them.
                 checkpoint = f"{out}.partial" if world.size == 1 else None
-                stats = api.compute_stats(source, checkpoint=checkpoint, **common)
+                stats = api.compute_stats(source, checkpoint=checkpoint, shard=shard, **common)
                 if world.is_main:
                     stats.save(out)
+                part = f" ({stats.shard.label})" if stats.shard is not None else ""
                 if as_json:
-                    _echo(json.dumps({"saved": out, "n": stats.n, "source": stats.meta.source}))
+                    _echo(json.dumps({"saved": out, "n": stats.n, "source": stats.meta.source,
+                                      "shard": list(shard) if shard else None}))
                 else:
-                    _echo(f"saved statistics of {stats.n} images from {source} to {out}", err=True)
+                    _echo(f"saved statistics of {plural(stats.n, 'image')} from {source}{part} to {out}", err=True)
                 return
             result = api.compute(real, fake_source, **common,
                                  **_uncertainty_kwargs(bootstrap, ci_level, bootstrap_seed, fsd_inf))
             if world.is_main:
                 _print_result(result, as_json, show_report, top_k, sort, report_csv, plot_path, q_threshold)
+
+    run_guarded(debug, action)
+
+
+@cli.command("merge")
+@click.argument("parts", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--output", "-o", "out", required=True, type=click.Path(dir_okay=False), metavar="OUT.npz",
+              help="Where to write the merged statistics.")
+@click.option("--different-sources", is_flag=True,
+              help="Merge statistics of different sources on purpose (growing a reference set), not shards of one.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT.npz if it exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def merge_command(parts, out, different_sources, overwrite, as_json, debug) -> None:
+    """Merge the shards of one source (made with --save-stats ... --shard I/K) exactly into OUT.npz: the same
+    file a single run writes. Refuses a missing or repeated shard and shards of different runs."""
+
+    def action() -> None:
+        from .shards import merge_stats
+
+        _check_stats_output(out, overwrite, option="--output")
+        merged = merge_stats(list(parts), different_sources=different_sources)
+        merged.save(out)
+        if as_json:
+            _echo(json.dumps({"saved": out, "n": merged.n, "source": merged.meta.source, "parts": len(parts)}))
+        else:
+            _echo(f"merged {plural(len(parts), 'file')} ({plural(merged.n, 'image')} of {merged.meta.source}) "
+                  f"into {out}", err=True)
 
     run_guarded(debug, action)
 
@@ -556,15 +598,17 @@ def _make_segmenter(kind: str, num_classes: int | None, device, weights_dir, pro
     return load_segmenter("upp", device=device, weights_dir=weights_dir, progress=progress, precision=precision)
 
 
-def _check_stats_output(out: str, overwrite: bool) -> None:
+def _check_stats_output(out: str, overwrite: bool, option: str = "--save-stats") -> None:
     from pathlib import Path
 
     path = Path(out)
     if path.suffix.lower() != ".npz":
-        raise InputError(f"--save-stats writes an .npz file: name it like {path.with_suffix('.npz')}")
+        raise InputError(f"{option} writes an .npz file: name it like {path.with_suffix('.npz')}")
     if path.is_dir():
-        raise InputError(f"--save-stats: {path} is a folder; give a file name ending in .npz")
-    _check_not_there(path, "--save-stats", overwrite)
+        raise InputError(f"{option}: {path} is a folder; give a file name ending in .npz")
+    if not path.parent.is_dir():
+        raise InputError(f"{option}: cannot write {path}: folder {path.parent} does not exist")
+    _check_not_there(path, option, overwrite)
 
 
 def _check_not_there(path, option: str, overwrite: bool) -> None:

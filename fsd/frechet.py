@@ -12,16 +12,29 @@ gives 0 for a set against itself to rounding (the eigenvalue-clipping form is of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 
-@dataclass(frozen=True)
-class FrechetDistance:
+class FrechetDistance(NamedTuple):
+    """The distance and its two terms; unpacks as ``value, mean_term, covariance_term = ...``.
+
+    ``.fsd`` is ``.value`` under the name `fsd.FSDResult` uses.
+
+    >>> d = FrechetDistance(3.0, 2.0, 1.0)
+    >>> value, mean_term, covariance_term = d
+    >>> (value, d.fsd, float(d))
+    (3.0, 3.0, 3.0)
+    """
+
     value: float
     mean_term: float
     covariance_term: float
+
+    @property
+    def fsd(self) -> float:
+        return self.value
 
     def __float__(self) -> float:
         return self.value

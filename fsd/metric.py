@@ -15,6 +15,7 @@ import os
 import torch
 
 from .distributed import current_world, reduce_stats, run_on_all_ranks
+from ._text import plural
 from .errors import InputError
 from .generators import DEFAULT_VALUE_RANGE, ValueRange, images_to_uint8, parse_value_range, prepare_images
 from .segmenters.base import Segmenter, class_counts
@@ -197,9 +198,12 @@ class FSDMetric(torch.nn.Module):
             self.reference = None
 
     def extra_repr(self) -> str:
-        counts = ", ".join(f"{side}={int(getattr(self, f'{side}_n'))}" for side in _SIDES)
-        reference = f", reference n={self.reference.n}" if self.reference is not None else ""
-        return f"segmenter={self.segmenter.name!r}, {counts}{reference}"
+        fake = f"generated: {plural(int(self.fake_n), 'image')}"
+        if self.reference is not None:
+            real = f"real: {plural(self.reference.n, 'image')} (reference statistics given up front)"
+        else:
+            real = f"real: {plural(int(self.real_n), 'image')}"
+        return f"segmenter={self.segmenter.name!r}, {real}, {fake}"
 
 
 def _keep_eval(segmenter: object) -> None:

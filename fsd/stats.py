@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +88,32 @@ class StatsMeta:
             )
 
 
+@dataclass(frozen=True)
+class ShardInfo:
+    """Which part of which source a set of statistics holds (see `fsd.shards`)."""
+
+    index: int
+    count: int
+    source: str
+    fingerprint: str
+    images: int  # images chosen from the source in all, over every shard
+    num_samples: int | None
+    seed: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ShardInfo:
+        data = json.loads(text)
+        return cls(**{k: data[k] for k in ("index", "count", "source", "fingerprint", "images", "num_samples",
+                                           "seed")})
+
+    @property
+    def label(self) -> str:
+        return f"shard {self.index}/{self.count}"
+
+
 class Stats:
     """Exact streaming statistics of per-image class pixel counts.
 
@@ -117,6 +143,7 @@ class Stats:
         # Rows arrive batch by batch; they are joined (and sorted by source index) when first read.
         self._row_parts: list[Rows] | None = [] if keep_rows else None
         self.rows_note = "" if keep_rows else NO_ROWS_ON_PURPOSE  # why there are no rows, when there are none
+        self.shard = None  # a `fsd.shards.ShardInfo` when these are one shard of a source (see fsd.shards)
 
     @classmethod
     def from_sums(cls, meta: StatsMeta, pixels_per_image: int, n: int, count_sum: np.ndarray,
@@ -283,6 +310,8 @@ class Stats:
         }
         if self.rows is not None:
             arrays.update(self.rows.to_arrays())
+        if self.shard is not None:
+            arrays["shard"] = np.array(self.shard.to_json())
         for f in fields(StatsMeta):
             if f.name != "class_names":
                 arrays[f.name] = np.array(getattr(self.meta, f.name), dtype=str)
@@ -317,6 +346,12 @@ class Stats:
                 stats.count_outer_sum = data["count_outer_sum"].astype(np.int64)
                 if "skipped" in keys:
                     stats.skipped = tuple((str(a), str(b)) for a, b in json.loads(str(data["skipped"])))
+                if "shard" in keys:
+                    try:
+                        stats.shard = ShardInfo.from_json(str(data["shard"]))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise InputError(f"statistics file {path} is damaged: its shard record is unreadable "
+                                         f"({exc}); {RECOMPUTE_HINT}") from None
                 c = stats.num_classes
                 if stats.count_sum.shape != (c,) or stats.count_outer_sum.shape != (c, c):
                     raise InputError(f"statistics file {path} is inconsistent: array shapes do not match {c} classes")

@@ -159,3 +159,26 @@ def test_axis_labels_are_unique_among_the_classes_shown():
     names = ["wall", "wall socket", "shower", "shower stall", "traffic light", "traffic cone", "car, auto"]
     labels = axis_labels(names)
     assert len(set(labels)) == len(labels) and labels[-1] == "car"
+
+
+# -- names and types that surprise -------------------------------------------------------------------------
+def test_frechet_distance_unpacks_and_per_image_is_an_array(image_folders):
+    real, _ = image_folders
+    per_image = fsd.class_percentages_of(real, segmenter=ColorSegmenter(), num_workers=0, progress=False)
+    array = np.asarray(per_image)
+    assert array.shape == (12, 4) and array.dtype == np.float64 and len(per_image) == 12
+    assert np.asarray(per_image, dtype=np.float32).dtype == np.float32
+    stats = fsd.compute_stats(real, segmenter=ColorSegmenter(), num_workers=0, progress=False)
+    value, mean_term, covariance_term = fsd.frechet_distance(stats.mu, stats.sigma, stats.mu * 0.5, stats.sigma)
+    assert value == pytest.approx(mean_term + covariance_term) and mean_term > 0
+    assert fsd.frechet_distance(stats.mu, stats.sigma, stats.mu, stats.sigma).fsd == pytest.approx(0, abs=1e-9)
+
+
+def test_metric_repr_says_what_it_holds(image_folders):
+    real, _ = image_folders
+    reference = fsd.compute_stats(real, segmenter=ColorSegmenter(), num_workers=0, progress=False)
+    metric = fsd.FSDMetric(ColorSegmenter(), real=reference)
+    metric.update(torch.zeros(1, 3, 16, 16), real=False)
+    text = repr(metric)
+    assert "real: 12 images (reference statistics given up front)" in text and "generated: 1 image" in text
+    assert "real=0" not in text
