@@ -50,6 +50,7 @@ from .uncertainty import (
     BootstrapSettings,
     Extrapolation,
     extrapolate,
+    inf_interval,
     interval,
     replicates,
     small_sample_note,
@@ -87,7 +88,9 @@ class FSDResult:
     ``ci_level`` for the population values (see `fsd.uncertainty`), ``None`` without per-image rows or
     with ``bootstrap=0``; ``bootstrap`` says how they were made; ``ci_note`` says why there is no
     interval, or why it means little ("" otherwise). ``fsd_inf``, ``fsd_inf_se``: the bias-corrected FSD
-    and its standard error, when asked for (``fsd_inf=True``).
+    and the standard error of its least-squares fit, when asked for (``fsd_inf=True``); ``fsd_inf_ci``: its
+    interval, from that error and the bootstrap spread of FSD together (the fit's error alone understates
+    the uncertainty: see `fsd.uncertainty.inf_interval`), when there are bootstrap replicates.
     """
 
     fsd: float
@@ -103,6 +106,7 @@ class FSDResult:
     ci_note: str = ""
     fsd_inf: float | None = None
     fsd_inf_se: float | None = None
+    fsd_inf_ci: Interval | None = None
     extrapolation: Extrapolation | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -127,6 +131,7 @@ class FSDResult:
         if self.extrapolation is not None:
             out["fsd_inf"] = self.fsd_inf
             out["fsd_inf_se"] = self.fsd_inf_se
+            out["fsd_inf_ci"] = pair(self.fsd_inf_ci)
             out["fsd_inf_points"] = self.extrapolation.to_dict()["points"]
         return out
 
@@ -134,6 +139,9 @@ class FSDResult:
         """One line: ``FSD: 28.4100  (95% CI 27.3000 to 29.6200; mean term 6.0200, covariance term 22.3900)``."""
         if self.fsd_ci is not None:
             interval = f"{self.ci_level * 100:g}% CI {self.fsd_ci[0]:.4f} to {self.fsd_ci[1]:.4f}"
+            if self.fsd > self.fsd_ci[1]:  # the interval is for the population value; the estimate is biased up
+                interval += (", below the estimate: the interval is for the population value, and FSD from "
+                             f"{min(self.real.n, self.fake.n):,} images is biased upward")
             if self.ci_note:
                 interval += f", {self.ci_note}"
             interval += "; "
@@ -144,8 +152,10 @@ class FSDResult:
         line = (f"FSD: {self.fsd:.4f}  ({interval}mean term {self.mean_term:.4f}, "
                 f"covariance term {self.covariance_term:.4f})")
         if self.fsd_inf is not None:
-            line += (f"\nFSD_inf: {self.fsd_inf:.4f}  (standard error {self.fsd_inf_se:.4f}; FSD extrapolated to "
-                     "infinitely many images)")
+            spread = (f"{self.ci_level * 100:g}% CI {self.fsd_inf_ci[0]:.4f} to {self.fsd_inf_ci[1]:.4f}; "
+                      if self.fsd_inf_ci is not None else "")
+            line += (f"\nFSD_inf: {self.fsd_inf:.4f}  ({spread}fit standard error {self.fsd_inf_se:.4f}; FSD "
+                     "extrapolated to infinitely many images)")
         return line
 
     def __float__(self) -> float:
@@ -641,19 +651,31 @@ def _distance(real: Stats, fake: Stats, *, settings: BootstrapSettings, explicit
     if missing and (explicit and settings.samples > 0 or fsd_inf):
         side = real if real.rows is None else fake
         side.require_rows("a bootstrap interval" if not fsd_inf else "the bias-corrected FSD (fsd_inf)")
+    values = None
     if settings.samples > 0 and not missing:
         values = replicates(real, [fake], settings.samples, settings.seed)[:, 0]
+    elif missing and warn_missing and not any(NO_ROWS_ON_PURPOSE in s.rows_note for s in (real, fake)
+                                              if s.rows is None):
+        warn(f"{missing}; {RECOMPUTE_HINT}")
+    return _result(d, real, fake, values, missing, settings, fsd_inf)
+
+
+def _result(d: FrechetDistance, real: Stats, fake: Stats, values: np.ndarray | None, missing: str,
+            settings: BootstrapSettings, fsd_inf: bool) -> FSDResult:
+    """An `FSDResult` from the distance, its bootstrap replicates ``(B, 3)`` (or None) and FSD_inf if asked."""
+    fields: dict = {}
+    if values is not None:
         cis = [interval(estimate, values[:, k], settings.level, settings.method)
                for k, estimate in enumerate((d.value, d.mean_term, d.covariance_term))]
         fields.update(fsd_ci=cis[0], mean_term_ci=cis[1], covariance_term_ci=cis[2], ci_level=settings.level,
                       bootstrap=settings, ci_note=small_sample_note([("real", real), ("generated", fake)]))
     elif missing:
         fields["ci_note"] = missing
-        if warn_missing and not any(NO_ROWS_ON_PURPOSE in s.rows_note for s in (real, fake) if s.rows is None):
-            warn(f"{missing}; {RECOMPUTE_HINT}")
     if fsd_inf:
         ext = extrapolate(real, fake, settings.seed)
         fields.update(fsd_inf=ext.value, fsd_inf_se=ext.se, extrapolation=ext)
+        if values is not None:
+            fields["fsd_inf_ci"] = inf_interval(ext, values[:, 0], settings.level)
     return FSDResult(d.value, d.mean_term, d.covariance_term, real, fake, **fields)
 
 
@@ -782,19 +804,8 @@ def compare(
         values = replicates(real_stats, fake_stats, settings.samples, settings.seed, "a paired bootstrap")
     models = []
     for j, f in enumerate(fake_stats):
-        d = stats_distance(real_stats, f)
-        fields: dict = {}
-        if values is not None:
-            cis = [interval(e, values[:, j, k], settings.level, settings.method)
-                   for k, e in enumerate((d.value, d.mean_term, d.covariance_term))]
-            fields.update(fsd_ci=cis[0], mean_term_ci=cis[1], covariance_term_ci=cis[2], ci_level=settings.level,
-                          bootstrap=settings, ci_note=small_sample_note([("real", real_stats), ("generated", f)]))
-        elif missing:
-            fields["ci_note"] = missing
-        if fsd_inf:
-            ext = extrapolate(real_stats, f, settings.seed)
-            fields.update(fsd_inf=ext.value, fsd_inf_se=ext.se, extrapolation=ext)
-        models.append(FSDResult(d.value, d.mean_term, d.covariance_term, real_stats, f, **fields))
+        models.append(_result(stats_distance(real_stats, f), real_stats, f,
+                              None if values is None else values[:, j], missing, settings, fsd_inf))
     labels = tuple(names) if names is not None else tuple(f.meta.source or f"model {j + 1}"
                                                          for j, f in enumerate(fake_stats))
     pairs = []

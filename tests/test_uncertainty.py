@@ -203,6 +203,19 @@ def test_fsd_inf_removes_most_of_the_finite_sample_bias():
     again = fsd.distance(scene_stats(MODEL, 300, seed=0), scene_stats(fake_model, 300, seed=1), bootstrap=0,
                          fsd_inf=True)
     assert again.fsd_inf == corrected[0]  # seeded
+    assert again.fsd_inf_ci is None  # no replicates, no interval around it
+
+
+def test_fsd_inf_interval_combines_the_fit_error_with_the_bootstrap_spread():
+    real, fake = scene_stats(MODEL, 200, seed=0), scene_stats(MODEL.with_area(2, 0.5), 200, seed=1)
+    result = fsd.distance(real, fake, bootstrap=200, fsd_inf=True)
+    low, high = result.fsd_inf_ci
+    spread = U.replicates(real, [fake], 200, 0)[:, 0, 0].std(ddof=1)
+    half = 1.959963984540054 * math.sqrt(result.fsd_inf_se**2 + spread**2)
+    assert (low, high) == pytest.approx((max(result.fsd_inf - half, 0), result.fsd_inf + half), rel=1e-9)
+    assert half > 1.96 * result.fsd_inf_se * 1.2  # clearly wider than the fit's error alone
+    assert result.to_dict()["fsd_inf_ci"] == [low, high] and "FSD_inf:" in result.summary()
+    assert "95% CI" in result.summary().splitlines()[1]
 
 
 # -- per-class tests ------------------------------------------------------------------------------------
@@ -342,3 +355,12 @@ def test_cli_bootstrap_on_a_set_of_one_image_and_compare_with_one_model(label_se
     assert result.exit_code == 2 and "at least two generated sets" in result.stderr
     with pytest.raises(InputError, match="at least two"):
         fsd.compare(real, [a], segmenter=LabelMapSegmenter(7))
+
+
+def test_the_summary_says_why_an_interval_can_lie_below_the_estimate():
+    # FSD at finite N is biased upward; the interval is for the population value and may exclude the estimate.
+    far = MODEL.with_area(2, 0.2).with_prevalence(4, 0.3)
+    result = fsd.distance(scene_stats(MODEL, 400, seed=1), scene_stats(far, 400, seed=2), bootstrap=200)
+    assert result.fsd_ci[0] < result.fsd < result.fsd_ci[1] and "below the estimate" not in result.summary()
+    same = fsd.distance(scene_stats(MODEL, 400, seed=1), scene_stats(MODEL, 400, seed=5), bootstrap=200)
+    assert same.fsd > same.fsd_ci[1] and "below the estimate" in same.summary()  # two samples of one distribution
