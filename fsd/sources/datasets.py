@@ -1,0 +1,120 @@
+"""Datasets, lists of images or paths, and iterables read into memory once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..errors import InputError
+from .arrays import _channel_axis, _check_dtype, _to_numpy, _to_uint8
+from .base import MapSource, SourceFormatError, _read_bytes, _read_file
+
+
+def _first_of_pair(item):
+    """torchvision-style ``(image, target)`` -> image; Hugging Face-style ``{"image": ...}`` -> image."""
+    if isinstance(item, tuple) and item:
+        return item[0]
+    if isinstance(item, Mapping):
+        for key in ("image", "img", "pixel_values"):
+            if key in item:
+                return item[key]
+        raise SourceFormatError(f"dataset items are mappings without an 'image' key (keys: {list(item)[:8]})")
+    return item
+
+
+def _single_array_image(value, value_range, what: str) -> np.ndarray:
+    """One in-memory image -> uint8 (H, W, 3) or (H, W). Tensors are taken as (C, H, W) when the first
+    axis has 1 or 3 entries (torch's convention), numpy arrays as (H, W, C) (PIL's convention)."""
+    is_tensor = isinstance(value, torch.Tensor)
+    array = _to_numpy(value)
+    _check_dtype(array.dtype, value_range, what, "SequenceSource")
+    if array.ndim == 3:
+        chw, hwc = array.shape[0] in (1, 3), array.shape[2] in (1, 3)
+        if chw and (is_tensor or not hwc):
+            array = array.transpose(1, 2, 0)
+        elif not hwc:
+            raise SourceFormatError(f"{what} has shape {array.shape}; expected (H, W, 3), (3, H, W) or (H, W)")
+        if array.shape[2] == 1:
+            array = array[:, :, 0]
+    elif array.ndim != 2:
+        raise SourceFormatError(f"{what} has shape {array.shape}; expected (H, W, 3), (3, H, W) or (H, W)")
+    return _to_uint8(array, value_range)
+
+
+class SequenceSource(MapSource):
+    """Anything indexable with a length: a ``torch.utils.data.Dataset``, a list of PIL images, of file
+    paths, of encoded bytes, or of single-image arrays/tensors. Items may be ``(image, target)`` pairs or
+    mappings with an ``"image"`` key. Float items need ``value_range`` (quantized by the one rule)."""
+
+    def __init__(self, items, value_range: tuple[float, float] | None = None, *, name: str = "dataset",
+                 exif_transpose: bool = False):
+        if not (hasattr(items, "__len__") and hasattr(items, "__getitem__")):
+            raise SourceFormatError(
+                f"SequenceSource needs an indexable object with a length, got {type(items).__name__}")
+        if len(items) == 0:
+            raise InputError(f"{name} ({type(items).__name__}) holds no images")
+        self.items = items
+        self.value_range = value_range
+        self.name = name
+        self.exif_transpose = exif_transpose
+        self.description = f"{name} ({type(items).__name__}, {len(items)} images)"
+        if isinstance(items, (list, tuple)):
+            for item in items:  # decode lazily opened files now: forked workers must not share their handles
+                if isinstance(item, Image.Image):
+                    item.load()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def identity(self, index: int) -> str:
+        if isinstance(self.items, (list, tuple)):
+            item = self.items[index]
+            if isinstance(item, (str, os.PathLike)):
+                return os.fspath(item)
+        return f"{self.name}[{index}]"
+
+    def open(self, index: int) -> Image.Image:
+        item = _first_of_pair(self.items[index])
+        if isinstance(item, Image.Image):
+            item.load()
+            return ImageOps.exif_transpose(item) if self.exif_transpose else item
+        if isinstance(item, (str, os.PathLike)):
+            return _read_file(os.fspath(item), self.exif_transpose)
+        if isinstance(item, (bytes, bytearray, memoryview)):
+            return _read_bytes(bytes(item), self.exif_transpose)
+        if isinstance(item, (np.ndarray, torch.Tensor)):
+            try:
+                image = _single_array_image(item, self.value_range, f"{self.identity(index)} ({type(item).__name__})")
+            except InputError as exc:
+                raise SourceFormatError(str(exc)) from None
+            return Image.fromarray(np.ascontiguousarray(image))
+        raise SourceFormatError(f"{self.identity(index)} is of type {type(item).__name__}, not an image "
+                                "(expected a PIL image, path, bytes, array or tensor)")
+
+
+def materialize(iterable: Iterable, value_range: tuple[float, float] | None = None, *,
+                name: str = "iterable") -> SequenceSource:
+    """Read an iterable without a length (a generator, an ``IterableDataset``, a ``DataLoader``) into
+    memory once. Batches, 4-D arrays/tensors or ``(images, targets)`` pairs of them, are split into
+    images; PIL images are decoded now. For streams too large for memory, write them to a folder first."""
+    items: list = []
+    for element in iterable:
+        first = element[0] if isinstance(element, (tuple, list)) and element else element
+        if isinstance(first, (np.ndarray, torch.Tensor)) and first.ndim == 4:
+            array = _to_numpy(first)
+            axis = _channel_axis(array.shape, None, f"a batch from {name}")
+            images = list(np.moveaxis(array, axis, -1))
+        elif isinstance(element, list):
+            images = element  # a batch given as a list of images
+        else:
+            images = [first]  # an image, or an (image, target) pair
+        for image in images:
+            if isinstance(image, Image.Image):
+                image.load()
+            items.append(_to_numpy(image))
+    return SequenceSource(items, value_range, name=name)
+
