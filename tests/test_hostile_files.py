@@ -285,7 +285,7 @@ def test_empty_and_imageless_folders_say_what_they_hold(tmp_path):
     (docs / "sub").mkdir(parents=True)
     for name in ("a.txt", "b.txt", "sub/c.gif", "batch.npz"):
         (docs / name).write_bytes(b"x")
-    with pytest.raises(InputError, match=r"4 other file\(s\): 2 \.txt.*pass an archive"):
+    with pytest.raises(InputError, match=r"4 other files: 2 \.txt.*pass an archive"):
         fsd.compute_stats(docs, segmenter=ColorSegmenter(32))
 
 

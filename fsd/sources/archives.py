@@ -12,8 +12,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from .._text import plural, warn
 from ..errors import InputError
-from .base import IMAGE_EXTENSIONS, MapSource, _PerProcessHandle, _read_bytes, _Unreadable
+from .base import MapSource, _PerProcessHandle, _read_bytes, _Unreadable, count_left_out, image_extensions, left_out_note
 
 MAX_MEMBER_BYTES = 1 << 30  # an archive member larger than this once extracted is refused
 
@@ -24,25 +25,29 @@ class ZipSource(_PerProcessHandle, MapSource):
     Members under ``__MACOSX/`` (resource forks macOS adds to archives) are not images and are left out.
     """
 
-    def __init__(self, path: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS, *,
+    def __init__(self, path: str | os.PathLike, extensions: str | Sequence[str] | None = None, *,
                  exif_transpose: bool = False):
         super().__init__()
         self.path = Path(path)
         self.exif_transpose = exif_transpose
-        exts = tuple(e.lower() for e in extensions)
+        self.extensions = exts = image_extensions(extensions)
         try:
             with zipfile.ZipFile(self.path) as archive:
                 sizes = {i.filename: i.file_size for i in archive.infolist() if not i.is_dir()}
         except (zipfile.BadZipFile, OSError) as exc:
             raise InputError(f"cannot open zip archive {self.path}: {exc}") from exc
         names = list(sizes)
-        chosen = [n for n in names if n.lower().endswith(exts) and not n.startswith("__MACOSX/")]
+        candidates = [n for n in names if not n.startswith("__MACOSX/")]
+        chosen = [n for n in candidates if n.lower().endswith(exts)]
+        note = left_out_note(count_left_out(candidates, exts), exts)
         # The folder order: directories in string order, then names within each directory.
         self.members = sorted(chosen, key=lambda n: (posixpath.dirname(n), posixpath.basename(n)))
         self.sizes = [sizes[n] for n in self.members]
         if not self.members:
-            raise InputError(f"no images found in {self.path} (looked for {', '.join(extensions)} "
-                             f"among {len(names)} member(s))")
+            raise InputError(f"no images found in {self.path} (looked for {', '.join(exts)} among "
+                             f"{plural(len(names), 'member')})" + (f"; {note}" if note else ""))
+        if note:
+            warn(f"{self.path}: {note}")
         self.description = str(self.path)
 
     def _open_handle(self):

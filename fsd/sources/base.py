@@ -9,15 +9,19 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .._hints import option
+from .._text import plural
 from ..errors import ImageReadError, InputError
 from ..preprocess import prepare
 from ..segmenters.base import Preprocessing
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # the paper's set: what folders and archives read by default
+OTHER_IMAGE_EXTENSIONS = (".webp", ".bmp", ".tif", ".tiff", ".gif")  # Pillow reads them too; opt-in
 MAX_PIXELS_ENV = "FSD_MAX_IMAGE_PIXELS"
 
 
@@ -135,6 +139,67 @@ def _reason(exc: BaseException) -> str:
     else:
         text = f"{type(exc).__name__}: {exc}"
     return text if len(text) < 400 else text[:400] + "..."
+
+
+def image_extensions(extensions: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The extensions to read, lower-case with a leading dot: ``None`` is the paper's set, ``"all"`` adds
+    `OTHER_IMAGE_EXTENSIONS`; otherwise a sequence such as ``(".png", "webp")`` or a string ``"png,webp"``.
+
+    >>> image_extensions("png, .WEBP"), image_extensions(None)
+    (('.png', '.webp'), ('.jpg', '.jpeg', '.png'))
+    """
+    if extensions is None:
+        return IMAGE_EXTENSIONS
+    if isinstance(extensions, str):
+        if extensions.strip().lower() == "all":
+            return IMAGE_EXTENSIONS + OTHER_IMAGE_EXTENSIONS
+        extensions = extensions.split(",")
+    chosen: list[str] = []
+    for ext in extensions:
+        if not isinstance(ext, str) or not ext.strip(" .") or any(c in ext for c in "/\\*"):
+            raise InputError(f"{option('extensions=', '--extensions')}: {ext!r} is not a file extension; "
+                             f"give them like {option(repr(IMAGE_EXTENSIONS), '.jpg,.jpeg,.png,.webp')}, "
+                             f"or {option('extensions=', '--extensions')} all")
+        ext = "." + ext.strip().lstrip(".").lower()
+        if ext not in chosen:
+            chosen.append(ext)
+    if not chosen:
+        raise InputError(f"{option('extensions=', '--extensions')} names no extension")
+    return tuple(chosen)
+
+
+def count_left_out(names, extensions: Sequence[str], counts: dict[str, int] | None = None) -> dict[str, int]:
+    """Image file names (`IMAGE_EXTENSIONS`, `OTHER_IMAGE_EXTENSIONS`) not among ``extensions``, counted
+    by extension (added to ``counts``)."""
+    counts = {} if counts is None else counts
+    exts = tuple(extensions)
+    known = tuple(e for e in IMAGE_EXTENSIONS + OTHER_IMAGE_EXTENSIONS if e not in exts)
+    for name in names:
+        lower = name.lower()
+        if lower.endswith(known) and not lower.endswith(exts):
+            ext = lower[lower.rindex("."):]
+            counts[ext] = counts.get(ext, 0) + 1
+    return counts
+
+
+def left_out_note(left_out: dict[str, int], extensions: Sequence[str], folder_links: Sequence[str] = ()) -> str | None:
+    """The warning when image files are left out: how many, and how to include them (`None`: none were)."""
+    notes = []
+    if left_out:
+        count = sum(left_out.values())
+        kinds = ", ".join(f"{n} {ext}" for ext, n in sorted(left_out.items(), key=lambda kv: (-kv[1], kv[0])))
+        wanted = tuple(extensions) + tuple(sorted(left_out))
+        notes.append(
+            f"left out {plural(count, 'image file')} with other extensions ({kinds}): the reader takes "
+            f"{', '.join(extensions)}" + (" (the paper's set)" if tuple(extensions) == IMAGE_EXTENSIONS else "")
+            + "; to include them pass "
+            + option(f"extensions={wanted!r}", "--extensions " + ",".join(wanted)))
+    if folder_links:
+        shown = ", ".join(folder_links[:3]) + (", ..." if len(folder_links) > 3 else "")
+        notes.append(f"did not follow {plural(len(folder_links), 'symbolic link')} to folders ({shown}), as the "
+                     f"paper's walk does not; to read the images under them pass "
+                     + option("follow_links=True", "--follow-links"))
+    return "; ".join(notes) if notes else None
 
 
 # -- the source abstraction ----------------------------------------------------------------------------

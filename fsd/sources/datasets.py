@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .._text import plural
 from ..errors import InputError
 from .arrays import _channel_axis, _check_dtype, _to_numpy, _to_uint8
 from .base import MapSource, SourceFormatError, _read_bytes, _read_file
@@ -61,7 +62,7 @@ class SequenceSource(MapSource):
         self.value_range = value_range
         self.name = name
         self.exif_transpose = exif_transpose
-        self.description = f"{name} ({type(items).__name__}, {len(items)} images)"
+        self.description = f"{name} ({type(items).__name__}, {plural(len(items), 'image')})"
         if isinstance(items, (list, tuple)):
             for item in items:  # decode lazily opened files now: forked workers must not share their handles
                 if isinstance(item, Image.Image):
@@ -75,6 +76,8 @@ class SequenceSource(MapSource):
             item = self.items[index]
             if isinstance(item, (str, os.PathLike)):
                 return os.fspath(item)
+            if isinstance(item, Image.Image) and getattr(item, "filename", ""):
+                return os.fspath(item.filename)  # opened from a file: named by it
         return f"{self.name}[{index}]"
 
     def open(self, index: int) -> Image.Image:
@@ -97,10 +100,12 @@ class SequenceSource(MapSource):
 
 
 def materialize(iterable: Iterable, value_range: tuple[float, float] | None = None, *,
-                name: str = "iterable") -> SequenceSource:
+                name: str | None = None) -> SequenceSource:
     """Read an iterable without a length (a generator, an ``IterableDataset``, a ``DataLoader``) into
     memory once. Batches, 4-D arrays/tensors or ``(images, targets)`` pairs of them, are split into
-    images; PIL images are decoded now. For streams too large for memory, write them to a folder first."""
+    images; PIL images are decoded now. For streams too large for memory, write them to a folder first.
+    ``name`` (default: the iterable's type, e.g. ``DataLoader``) names the images: ``DataLoader[12]``."""
+    name = name or type(iterable).__name__
     items: list = []
     for element in iterable:
         first = element[0] if isinstance(element, (tuple, list)) and element else element
@@ -116,5 +121,9 @@ def materialize(iterable: Iterable, value_range: tuple[float, float] | None = No
             if isinstance(image, Image.Image):
                 image.load()
             items.append(_to_numpy(image))
-    return SequenceSource(items, value_range, name=name)
+    if not items:
+        raise InputError(f"{name} ({type(iterable).__name__}) yielded no images")
+    source = SequenceSource(items, value_range, name=name)
+    source.description = f"{name} ({type(iterable).__name__}, {plural(len(items), 'image')} read into memory)"
+    return source
 
