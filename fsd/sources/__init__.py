@@ -7,6 +7,7 @@ input                                      source                 identity of on
 =========================================  =====================  ==================================
 folder of image files (recursive)          `FolderSource`         ``path/to/img.png``
 ``.zip`` archive (recursive inside)        `ZipSource`            ``archive.zip!dir/img.png``
+``.tar`` shards, ``train-{000..099}.tar``  `TarSource`            ``train-007.tar/<key>``
 ``.npz`` (``arr_0``, ADM batches) / .npy   `ArrayFileSource`      ``file.npz[12]``
 LSUN LMDB (folder with ``data.mdb``)       `LmdbSource`           ``lmdb:<path>!<key>``
 uint8 array / tensor, (N,H,W,C) (N,C,H,W)  `ArraySource`          ``array[12]``
@@ -39,7 +40,7 @@ Where each kind lives (one module per family; a new kind is one new module and o
 
 - `fsd.sources.base`: `MapSource`, decoding one image and the reasons it can fail
 - `fsd.sources.folders`: folders of image files
-- `fsd.sources.archives`: ``.zip`` archives, LMDB databases
+- `fsd.sources.archives`: ``.zip`` archives, ``.tar`` shards (WebDataset), LMDB databases
 - `fsd.sources.arrays`: arrays and tensors, ``.npy`` / ``.npz`` files
 - `fsd.sources.datasets`: Datasets, lists, iterables
 - `fsd.sources.loader`: the subset rule and the DataLoader that reads batches in worker processes
@@ -58,7 +59,7 @@ from PIL import Image
 from .._hints import option
 from ..errors import InputError
 from ..stats import Stats
-from .archives import MAX_MEMBER_BYTES, LmdbSource, ZipSource
+from .archives import MAX_MEMBER_BYTES, LmdbSource, TarSource, ZipSource, expand_braces, is_shard_list
 from .arrays import ArrayFileSource, ArraySource, Layout, is_saved_stats, npz_keys
 from .base import (
     IMAGE_EXTENSIONS,
@@ -75,7 +76,7 @@ from .folders import FolderSource, list_images
 from .loader import Batch, default_num_workers, iterate_batches, select_indices
 
 __all__ = [
-    "open_source", "OptionDoesNotApply", "MapSource", "FolderSource", "ZipSource", "LmdbSource", "ArraySource", "ArrayFileSource",
+    "open_source", "OptionDoesNotApply", "MapSource", "FolderSource", "ZipSource", "TarSource", "expand_braces", "LmdbSource", "ArraySource", "ArrayFileSource",
     "SequenceSource", "SourceFormatError", "Batch", "Layout", "iterate_batches", "select_indices",
     "default_num_workers", "list_images", "materialize", "decode_image", "max_image_pixels", "npz_keys",
     "is_saved_stats", "image_extensions", "IMAGE_EXTENSIONS", "OTHER_IMAGE_EXTENSIONS", "MAX_PIXELS_ENV", "MAX_MEMBER_BYTES",
@@ -124,6 +125,9 @@ def _split_npz_key(path: Path) -> tuple[Path, str | None]:
 
 
 def _open_path(path: Path, given: dict[str, object]) -> MapSource | Stats:
+    if is_shard_list(path):
+        _check_applies(given, _DECODED | {"extensions"}, f"the tar shards {path}")
+        return TarSource(path, **given)
     path, key_in_path = _split_npz_key(path)
     if key_in_path is not None:
         if given.get("key", key_in_path) != key_in_path:
@@ -163,7 +167,8 @@ def _open_path(path: Path, given: dict[str, object]) -> MapSource | Stats:
         return SequenceSource([path], name="image", **given)
     raise InputError(
         f"{path} is not saved statistics (.npz) nor an image source fsd reads; pass a folder of images, "
-        "a .zip archive, an .npz/.npy image array, an LMDB database (folder with data.mdb) or an image file"
+        "a .zip archive, .tar shards, an .npz/.npy image array, an LMDB database (folder with data.mdb) or an "
+        "image file"
     )
 
 
@@ -179,7 +184,8 @@ def open_source(
 ) -> MapSource | Stats:
     """Whatever the user has -> a `MapSource` (or `Stats` for saved statistics).
 
-    Paths: folder, folder with ``data.mdb`` (LMDB), ``.zip``, ``.npz`` (statistics or an image array,
+    Paths: folder, folder with ``data.mdb`` (LMDB), ``.zip``, ``.tar`` shards (one file, a brace pattern
+    ``train-{000000..000099}.tar``, or a list of ``.tar`` paths), ``.npz`` (statistics or an image array,
     told apart by their keys; ``file.npz:key`` names the array), ``.npy``, ``data.mdb``, a single image
     file. Objects: `Stats`, `MapSource`, uint8 arrays/tensors (N, H, W, C) or (N, C, H, W), PIL images,
     lists of images or paths, Datasets, iterables (read into memory once).
@@ -198,6 +204,9 @@ def open_source(
         return source
     if isinstance(source, (str, os.PathLike)):
         return _open_path(Path(source), given)
+    if is_shard_list(source):
+        _check_applies(given, _DECODED | {"extensions"}, "tar shards")
+        return TarSource(source, **given)
     if isinstance(source, Image.Image):
         _check_applies(given, _DECODED, "a PIL image")
         return SequenceSource([source], name="image", **given)
