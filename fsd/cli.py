@@ -247,6 +247,9 @@ def _value_range_option(help_text: str):
 
 def _input_options(f):
     """How file inputs (REAL, FAKE, SOURCE) are read; each option applies to the kinds of input it names."""
+    f = click.option("--image-column", metavar="NAME",
+                     help="The image column of a Hugging Face dataset folder (save_to_disk); default: its first "
+                          "column of type Image.")(f)
     f = click.option("--key", metavar="NAME",
                      help="The array of an .npz input that holds the images (default arr_0, or its only array); "
                           "also FILE.npz:NAME.")(f)
@@ -307,7 +310,7 @@ def _generator_options(f):
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, device, batch_size, num_workers,
                     num_samples, seed, weights_dir, skip_bad_images, no_rows, extensions, follow_links, exif_transpose,
-                    layout, key, segmenter, num_classes, precision,
+                    layout, key, image_column, segmenter, num_classes, precision,
                     bootstrap, ci_level, bootstrap_seed, fsd_inf, q_threshold,
                     show_report, top_k, sort, report_csv, plot_path, overwrite, as_json, quiet, debug) -> None:
     """FSD between REAL and FAKE (image folders, saved .npz statistics, lsun_church / lsun_bedroom, or a
@@ -336,7 +339,7 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
         if not generator_spec and z_dim is not None:
             raise click.UsageError("--z-dim applies to --generator")
         # --value-range is the generator's with --generator, else that of float image arrays among the inputs.
-        inputs = _input_kwargs(extensions, follow_links, exif_transpose, layout, key,
+        inputs = _input_kwargs(extensions, follow_links, exif_transpose, layout, key, image_column,
                                None if generator_spec else value_range)
         if save_stats:
             _check_stats_output(save_stats[1], overwrite)
@@ -507,7 +510,8 @@ def report_command(real, fake, top_k, sort, report_csv, plot_path, weights_dir, 
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compare_command(real, fakes, names, device, batch_size, num_workers, num_samples, seed, weights_dir,
-                    skip_bad_images, extensions, follow_links, exif_transpose, layout, key, value_range, segmenter, num_classes, precision, bootstrap, ci_level, bootstrap_seed, fsd_inf,
+                    skip_bad_images, extensions, follow_links, exif_transpose, layout, key, image_column, value_range,
+                    segmenter, num_classes, precision, bootstrap, ci_level, bootstrap_seed, fsd_inf,
                     q_threshold, show_report, top_k, as_json, quiet, debug) -> None:
     """Compare two or more generated sets (FAKE_A FAKE_B ...) against REAL: each FSD with its interval, and
     for every pair the difference with a paired-bootstrap interval, how often the first is closer, and the
@@ -530,7 +534,7 @@ def compare_command(real, fakes, names, device, batch_size, num_workers, num_sam
             world = current_world()
             rank_device = local_device(device, world)
             progress = not quiet and world.is_main
-            inputs = _input_kwargs(extensions, follow_links, exif_transpose, layout, key, value_range)
+            inputs = _input_kwargs(extensions, follow_links, exif_transpose, layout, key, image_column, value_range)
             files = {"REAL": real, **{f"FAKE {k + 1}": fake for k, fake in enumerate(fakes)}}
             seg, opened = run_on_all_ranks(world, lambda: (_make_segmenter(
                 segmenter, num_classes, rank_device, weights_dir, progress,
@@ -556,10 +560,11 @@ def compare_command(real, fakes, names, device, batch_size, num_workers, num_sam
     run_guarded(debug, action)
 
 
-def _input_kwargs(extensions, follow_links, exif_transpose, layout, key, value_range) -> dict:
+def _input_kwargs(extensions, follow_links, exif_transpose, layout, key, image_column, value_range) -> dict:
     """The input options that were given, as `fsd.sources.open_source` keywords."""
     given = dict(extensions=extensions, follow_links=follow_links or None, exif_transpose=exif_transpose or None,
-                 layout=layout, key=key, value_range=None if value_range == "uint8" else value_range)
+                 layout=layout, key=key, image_column=image_column,
+                 value_range=None if value_range == "uint8" else value_range)
     return {name: value for name, value in given.items() if value is not None}
 
 

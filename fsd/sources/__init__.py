@@ -11,6 +11,8 @@ folder of image files (recursive)          `FolderSource`         ``path/to/img.
 ``.npz`` (``arr_0``, ADM batches) / .npy   `ArrayFileSource`      ``file.npz[12]``
 LSUN LMDB (folder with ``data.mdb``)       `LmdbSource`           ``lmdb:<path>!<key>``
 uint8 array / tensor, (N,H,W,C) (N,C,H,W)  `ArraySource`          ``array[12]``
+Hugging Face ``datasets.Dataset``, or      `HFDatasetSource`      ``dataset[12]``, ``<folder>[12]``
+a folder written by ``save_to_disk``
 Dataset, list of PIL images / paths,       `SequenceSource`       the path, or ``dataset[12]``
 iterable (read into memory once)
 =========================================  =====================  ==================================
@@ -42,7 +44,7 @@ Where each kind lives (one module per family; a new kind is one new module and o
 - `fsd.sources.folders`: folders of image files
 - `fsd.sources.archives`: ``.zip`` archives, ``.tar`` shards (WebDataset), LMDB databases
 - `fsd.sources.arrays`: arrays and tensors, ``.npy`` / ``.npz`` files
-- `fsd.sources.datasets`: Datasets, lists, iterables
+- `fsd.sources.datasets`: Datasets, lists, iterables, Hugging Face datasets
 - `fsd.sources.loader`: the subset rule and the DataLoader that reads batches in worker processes
 """
 
@@ -71,12 +73,12 @@ from .base import (
     image_extensions,
     max_image_pixels,
 )
-from .datasets import SequenceSource, materialize
+from .datasets import HFDatasetSource, SequenceSource, is_hf_dataset, is_saved_hf_dataset, materialize
 from .folders import FolderSource, list_images
 from .loader import Batch, default_num_workers, iterate_batches, select_indices
 
 __all__ = [
-    "open_source", "OptionDoesNotApply", "MapSource", "FolderSource", "ZipSource", "TarSource", "expand_braces", "LmdbSource", "ArraySource", "ArrayFileSource",
+    "open_source", "OptionDoesNotApply", "MapSource", "FolderSource", "ZipSource", "TarSource", "expand_braces", "HFDatasetSource", "LmdbSource", "ArraySource", "ArrayFileSource",
     "SequenceSource", "SourceFormatError", "Batch", "Layout", "iterate_batches", "select_indices",
     "default_num_workers", "list_images", "materialize", "decode_image", "max_image_pixels", "npz_keys",
     "is_saved_stats", "image_extensions", "IMAGE_EXTENSIONS", "OTHER_IMAGE_EXTENSIONS", "MAX_PIXELS_ENV", "MAX_MEMBER_BYTES",
@@ -87,7 +89,7 @@ __all__ = [
 
 # Options of `open_source`, each with its command-line spelling, and the kinds they apply to.
 _OPTIONS = {"extensions": "--extensions", "follow_links": "--follow-links", "exif_transpose": "--exif-transpose",
-            "value_range": "--value-range", "layout": "--layout", "key": "--key"}
+            "value_range": "--value-range", "layout": "--layout", "key": "--key", "image_column": "--image-column"}
 _DECODED = {"exif_transpose"}  # every kind that decodes image files
 _ARRAYS = {"value_range", "layout"}
 
@@ -108,7 +110,8 @@ def _check_applies(given: dict[str, object], accepted: set[str], what: str) -> N
         takers = {"extensions": "folders and archives", "follow_links": "folders",
                   "exif_transpose": "image files (folders, archives, LMDB, datasets)",
                   "value_range": "image arrays (.npz, .npy, arrays, datasets of arrays)",
-                  "layout": "image arrays (.npz, .npy, arrays)", "key": ".npz image arrays"}
+                  "layout": "image arrays (.npz, .npy, arrays)", "key": ".npz image arrays",
+                  "image_column": "Hugging Face datasets"}
         raise OptionDoesNotApply(
             f"{', '.join(names)} {'does' if len(names) == 1 else 'do'} not apply to {what}: "
             + "; ".join(f"{option(f'{n}=', _OPTIONS[n])} applies to {takers[n]}" for n in unused), unused)
@@ -135,6 +138,9 @@ def _open_path(path: Path, given: dict[str, object]) -> MapSource | Stats:
                              f"{option('key=', '--key')} {given['key']!r} another; give one")
         given = {**given, "key": key_in_path}
     if path.is_dir():
+        if is_saved_hf_dataset(path):
+            _check_applies(given, _DECODED | {"image_column"}, f"the saved Hugging Face dataset {path}")
+            return HFDatasetSource(path, **given)
         if (path / "data.mdb").is_file():
             _check_applies(given, _DECODED, f"the LMDB database {path}")
             return LmdbSource(path, **given)
@@ -181,24 +187,27 @@ def open_source(
     value_range: tuple[float, float] | None = None,
     layout: Layout | None = None,
     key: str | None = None,
+    image_column: str | None = None,
 ) -> MapSource | Stats:
     """Whatever the user has -> a `MapSource` (or `Stats` for saved statistics).
 
     Paths: folder, folder with ``data.mdb`` (LMDB), ``.zip``, ``.tar`` shards (one file, a brace pattern
     ``train-{000000..000099}.tar``, or a list of ``.tar`` paths), ``.npz`` (statistics or an image array,
     told apart by their keys; ``file.npz:key`` names the array), ``.npy``, ``data.mdb``, a single image
-    file. Objects: `Stats`, `MapSource`, uint8 arrays/tensors (N, H, W, C) or (N, C, H, W), PIL images,
+    file, a folder written by a Hugging Face dataset's ``save_to_disk``. Objects: `Stats`, `MapSource`,
+    a Hugging Face ``datasets.Dataset``, uint8 arrays/tensors (N, H, W, C) or (N, C, H, W), PIL images,
     lists of images or paths, Datasets, iterables (read into memory once).
 
     Options, each refused where it does not apply: ``extensions`` and ``follow_links`` (folders,
     archives: which files are images; default the paper's ``.jpg .jpeg .png``, links to folders not
     followed), ``exif_transpose`` (decoded image files), ``value_range`` (float images, e.g. ``(-1, 1)``),
-    ``layout`` (``"NHWC"`` / ``"NCHW"`` where an array's shape fits both), ``key`` (the array of an ``.npz``).
+    ``layout`` (``"NHWC"`` / ``"NCHW"`` where an array's shape fits both), ``key`` (the array of an ``.npz``),
+    ``image_column`` (of a Hugging Face dataset; default its first ``datasets.Image`` column).
     """
     given = {name: value for name, value, default in (
         ("extensions", extensions, None), ("follow_links", follow_links, False),
         ("exif_transpose", exif_transpose, False), ("value_range", value_range, None),
-        ("layout", layout, None), ("key", key, None)) if value != default}
+        ("layout", layout, None), ("key", key, None), ("image_column", image_column, None)) if value != default}
     if isinstance(source, (Stats, MapSource)):
         _check_applies(given, set(), f"a {type(source).__name__}, which is already open")
         return source
@@ -207,6 +216,9 @@ def open_source(
     if is_shard_list(source):
         _check_applies(given, _DECODED | {"extensions"}, "tar shards")
         return TarSource(source, **given)
+    if is_hf_dataset(source):
+        _check_applies(given, _DECODED | {"image_column"}, f"a Hugging Face {type(source).__name__}")
+        return HFDatasetSource(source, **given)
     if isinstance(source, Image.Image):
         _check_applies(given, _DECODED, "a PIL image")
         return SequenceSource([source], name="image", **given)

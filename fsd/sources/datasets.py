@@ -1,18 +1,21 @@
-"""Datasets, lists of images or paths, and iterables read into memory once."""
+"""Datasets, lists of images or paths, iterables read into memory once, and Hugging Face datasets."""
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .._hints import option
 from .._text import plural
 from ..errors import InputError
 from .arrays import _channel_axis, _check_dtype, _to_numpy, _to_uint8
-from .base import MapSource, SourceFormatError, _read_bytes, _read_file
+from .base import MapSource, SourceFormatError, _read_bytes, _read_file, _Unreadable
 
 
 def _first_of_pair(item):
@@ -127,3 +130,103 @@ def materialize(iterable: Iterable, value_range: tuple[float, float] | None = No
     source.description = f"{name} ({type(iterable).__name__}, {plural(len(items), 'image')} read into memory)"
     return source
 
+
+
+# -- Hugging Face datasets -------------------------------------------------------------------------------
+
+def _import_datasets():
+    try:
+        import datasets
+    except ImportError as exc:
+        raise ImportError(
+            "reading Hugging Face datasets needs the datasets package: pip install datasets  "
+            "(or pip install 'pytorch-fsd[datasets]')"
+        ) from exc
+    return datasets
+
+
+def is_hf_dataset(source: object) -> bool:
+    """A Hugging Face dataset (or dict of splits, or streaming dataset); the package is not imported
+    here: a caller holding one has imported it."""
+    package = sys.modules.get("datasets")
+    kinds = tuple(k for k in (getattr(package, n, None) for n in ("Dataset", "DatasetDict", "IterableDataset",
+                                                                  "IterableDatasetDict")) if isinstance(k, type))
+    return bool(kinds) and isinstance(source, kinds)
+
+
+def is_saved_hf_dataset(path: Path) -> bool:
+    """A folder written by ``Dataset.save_to_disk`` (or ``DatasetDict.save_to_disk``)."""
+    return path.is_dir() and ((path / "state.json").is_file() and (path / "dataset_info.json").is_file()
+                              or (path / "dataset_dict.json").is_file())
+
+
+class HFDatasetSource(MapSource):
+    """The images of a Hugging Face `datasets.Dataset`, or of a folder its ``save_to_disk`` wrote.
+
+    ``image_column``: the column holding the images, by default the first of type ``datasets.Image``.
+    The encoded bytes are decoded here, as image files are (same checks, same errors), so a dataset
+    built from files gives the statistics of the files. Identity: ``name[12]``, the row index (``name``
+    is the folder, or ``dataset``). Needs the optional ``datasets`` package.
+    """
+
+    def __init__(self, dataset, image_column: str | None = None, *, exif_transpose: bool = False,
+                 name: str | None = None):
+        datasets = _import_datasets()
+        self.exif_transpose = exif_transpose
+        if isinstance(dataset, (str, os.PathLike)):
+            folder = Path(dataset)
+            if (folder / "dataset_dict.json").is_file():
+                splits = sorted(p.name for p in folder.iterdir() if (p / "state.json").is_file())
+                raise InputError(f"{folder} holds a DatasetDict with splits {', '.join(splits)}; pass one "
+                                 f"split's folder, e.g. {folder / (splits[0] if splits else 'train')}")
+            try:
+                dataset = datasets.load_from_disk(os.fspath(folder))
+            except Exception as exc:
+                raise InputError(f"cannot load the saved dataset {folder}: {exc}") from exc
+            name = name or os.fspath(folder)
+        if isinstance(dataset, datasets.DatasetDict):
+            splits = list(dataset)
+            raise InputError(f"a DatasetDict with splits {', '.join(splits)}: pass one split, e.g. "
+                             f"dataset[{(splits[0] if splits else 'train')!r}]")
+        if not isinstance(dataset, datasets.Dataset):
+            raise InputError(f"a {type(dataset).__name__} is not a datasets.Dataset; streaming datasets cannot be "
+                             "read at random: load it without streaming=True, or save_to_disk first")
+        features = dataset.features
+        images = [column for column, feature in features.items() if isinstance(feature, datasets.Image)]
+        if image_column is None:
+            if not images:
+                raise InputError(f"the dataset has no image column (of type datasets.Image) among its columns "
+                                 f"{', '.join(features)}; name one with "
+                                 + option("image_column=...", "--image-column NAME")
+                                 + " after casting it with dataset.cast_column(NAME, datasets.Image())")
+            image_column = images[0]
+        elif image_column not in features:
+            raise InputError(f"the dataset has no column {image_column!r}; its columns: {', '.join(features)}")
+        elif image_column not in images:
+            raise InputError(f"column {image_column!r} is of type {features[image_column]}, not datasets.Image"
+                             + (f"; its image columns: {', '.join(images)}" if images else ""))
+        self.image_column = image_column
+        # The encoded bytes, not PIL images: decoded here with fsd's checks and reasons.
+        self.rows = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+        self.rows = self.rows.with_format(None)
+        if len(self.rows) == 0:
+            raise InputError(f"{name or 'the dataset'} has no rows")
+        self.name = name or "dataset"
+        self.description = f"{self.name} (column {image_column!r}, {plural(len(self.rows), 'image')})"
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def identity(self, index: int) -> str:
+        return f"{self.name}[{index}]"
+
+    def open(self, index: int) -> Image.Image:
+        value = self.rows[index][self.image_column]
+        if value is None:
+            raise _Unreadable(f"no image in column {self.image_column!r} (the value is missing)")
+        data, path = value.get("bytes"), value.get("path")
+        if data is not None:
+            return _read_bytes(bytes(data), self.exif_transpose)
+        if path:
+            return _read_file(path, self.exif_transpose)
+        raise _Unreadable(f"column {self.image_column!r} holds neither bytes nor a path")
