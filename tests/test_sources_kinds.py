@@ -302,7 +302,7 @@ def test_datasets_match_the_folder(images, reference, segmenter):
 
 
 def test_float_dataset_without_a_range_is_refused_even_when_skipping(images, segmenter):
-    with pytest.raises(SourceFormatError, match=r"SequenceSource\(x, value_range="):
+    with pytest.raises(SourceFormatError, match=r"SequenceSource\(dataset, value_range="):
         stats_of(PairDataset(images), segmenter, skip_bad_images=True, num_workers=2)
 
 

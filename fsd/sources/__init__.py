@@ -110,7 +110,7 @@ def _check_applies(given: dict[str, object], accepted: set[str], what: str) -> N
         takers = {"extensions": "folders and archives", "follow_links": "folders",
                   "exif_transpose": "image files (folders, archives, LMDB, datasets)",
                   "value_range": "image arrays (.npz, .npy, arrays, datasets of arrays)",
-                  "layout": "image arrays (.npz, .npy, arrays)", "key": ".npz image arrays",
+                  "layout": "image arrays (.npz, .npy, arrays, batches of an iterable)", "key": ".npz image arrays",
                   "image_column": "Hugging Face datasets"}
         raise OptionDoesNotApply(
             f"{', '.join(names)} {'does' if len(names) == 1 else 'do'} not apply to {what}: "
@@ -231,14 +231,14 @@ def open_source(
         raise InputError(f"cannot use a {type(source).__name__} as an image source; pass its path, or the "
                          "array that holds the images")
     if isinstance(source, torch.utils.data.IterableDataset):
-        _check_applies(given, {"value_range"}, f"a {type(source).__name__}")
+        _check_applies(given, {"value_range", "layout"}, f"a {type(source).__name__}")
         return materialize(source, name="dataset", **given)
     if hasattr(source, "__len__") and hasattr(source, "__getitem__"):
         _check_applies(given, _DECODED | {"value_range"}, f"a {type(source).__name__}")
         name = "images" if isinstance(source, (list, tuple)) else "dataset"
         return SequenceSource(source, name=name, **given)
     if isinstance(source, Iterable):
-        _check_applies(given, {"value_range"}, f"a {type(source).__name__}")
+        _check_applies(given, {"value_range", "layout"}, f"a {type(source).__name__}")
         return materialize(source, **given)
     raise InputError(
         f"cannot use {type(source).__name__} as an image source; pass a folder, archive, array file, "

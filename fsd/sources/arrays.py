@@ -15,17 +15,28 @@ from PIL import Image
 from ..errors import ImageReadError, InputError
 from ..preprocess import check_value_range, parse_value_range, prepare, prepare_array, quantize
 from ..segmenters.base import Preprocessing
+from .._hints import option
 from .base import MapSource, SourceFormatError, _reason
 
 Layout = Literal["NHWC", "NCHW"]
 
 
-def _float_hint(what: str, wrapper: str) -> str:
-    return (f"{what} holds float images: declare their range by wrapping it, e.g. "
-            f"fsd.sources.{wrapper}(x, value_range=(-1, 1)) (or (0, 1)); uint8 images need no range")
+IN_MEMORY = "fsd.sources.ArraySource(x, {})"  # how a keyword is passed, for hints (`_keyword`)
 
 
-def _channel_axis(shape: tuple[int, ...], layout: Layout | None, what: str) -> int:
+def _keyword(how: str, keywords: list[str], cli: str) -> str:
+    """What to pass, where the user is: ``cli`` on the command line, else ``how`` with the first keyword
+    filled in and the others as alternatives (``ArraySource(x, layout='NHWC') or layout='NCHW'``)."""
+    return option(" or ".join([how.format(keywords[0]), *keywords[1:]]), cli)
+
+
+def _float_hint(what: str, how: str) -> str:
+    return (f"{what} holds float images: declare their range, e.g. "
+            + _keyword(how, ["value_range=(-1, 1)", "value_range=(0, 1)"], "--value-range -1,1 or --value-range 0,1")
+            + "; uint8 images need no range")
+
+
+def _channel_axis(shape: tuple[int, ...], layout: Layout | None, what: str, how: str = IN_MEMORY) -> int:
     if len(shape) != 4:
         hint = ("; one image? add a batch axis (x[None]); a batch of grayscale images? add a channel axis "
                 "(x[..., None])") if len(shape) in (2, 3) else ""
@@ -40,8 +51,8 @@ def _channel_axis(shape: tuple[int, ...], layout: Layout | None, what: str) -> i
         return axis
     last, first = shape[3] in (1, 3), shape[1] in (1, 3)
     if last and first:
-        raise SourceFormatError(f"{what} has shape {tuple(shape)}, which could be NHWC or NCHW; "
-                                "pass layout='NHWC' or layout='NCHW'")
+        raise SourceFormatError(f"{what} has shape {tuple(shape)}, which could be NHWC or NCHW; pass "
+                                + _keyword(how, ["layout='NHWC'", "layout='NCHW'"], "--layout NHWC or --layout NCHW"))
     if not (last or first):
         raise SourceFormatError(f"{what} must have shape (N, H, W, C) or (N, C, H, W) with C = 1 or 3, "
                                 f"got {tuple(shape)}")
@@ -57,7 +68,7 @@ def _to_numpy(data) -> np.ndarray:
     return data
 
 
-def _check_dtype(dtype: np.dtype, value_range, what: str, wrapper: str = "ArraySource") -> None:
+def _check_dtype(dtype: np.dtype, value_range, what: str, how: str = IN_MEMORY) -> None:
     if value_range is not None:
         try:
             declared = parse_value_range(value_range)
@@ -65,16 +76,16 @@ def _check_dtype(dtype: np.dtype, value_range, what: str, wrapper: str = "ArrayS
             raise SourceFormatError(str(exc)) from None
     if dtype == np.uint8:
         if value_range is not None and declared != (0.0, 255.0):
-            raise SourceFormatError(f"{what} is uint8 (0..255); value_range={value_range} does not apply, "
-                                    "leave it out")
+            given = option(f"value_range={value_range}", "--value-range " + ",".join(f"{v:g}" for v in declared))
+            raise SourceFormatError(f"{what} is uint8 (0..255); {given} does not apply, leave it out")
         return
     if dtype == np.bool_ or not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)):
         raise SourceFormatError(f"{what} has dtype {dtype}; images must be uint8, or float with a value_range")
     if value_range is None:
         if np.issubdtype(dtype, np.floating):
-            raise SourceFormatError(_float_hint(what, wrapper))
-        raise SourceFormatError(f"{what} has dtype {dtype}: convert it to uint8, or declare its range "
-                                f"with {wrapper}(x, value_range=(low, high))")
+            raise SourceFormatError(_float_hint(what, how))
+        raise SourceFormatError(f"{what} has dtype {dtype}: convert it to uint8, or declare its range, e.g. "
+                                + _keyword(how, ["value_range=(0, 65535)"], "--value-range 0,65535"))
 
 
 def _to_uint8(image: np.ndarray, value_range) -> np.ndarray:
@@ -92,6 +103,8 @@ class ArraySource(MapSource):
     (grayscale) or 3 (RGB). uint8 as is; float (or wider integer) images need ``value_range`` and are
     quantized by `fsd.preprocess.quantize`, image by image. ``layout`` settles shapes that fit both."""
 
+    how = IN_MEMORY  # for hints: how this source's keywords are passed
+
     def __init__(self, data, value_range: tuple[float, float] | None = None, *, layout: Layout | None = None,
                  name: str = "array"):
         self.name = name
@@ -104,8 +117,8 @@ class ArraySource(MapSource):
 
     def _setup(self, shape: tuple[int, ...], dtype: np.dtype, layout: Layout | None) -> None:
         what = f"{self.name} {dtype} {tuple(shape)}"
-        self.channel_axis = _channel_axis(tuple(shape), layout, what)
-        _check_dtype(dtype, self.value_range, what)
+        self.channel_axis = _channel_axis(tuple(shape), layout, what, self.how)
+        _check_dtype(dtype, self.value_range, what, self.how)
         if shape[0] == 0:
             raise SourceFormatError(f"{what} holds no images")
         if dtype != np.uint8:
@@ -208,6 +221,8 @@ class ArrayFileSource(ArraySource):
     """Images in a ``.npy`` file or in one array of an ``.npz`` (default ``arr_0``, the layout of
     ADM/guided-diffusion sample and reference batches). Memory-mapped where possible."""
 
+    how = "fsd.sources.open_source(path, {})"
+
     def __init__(self, path: str | os.PathLike, key: str | None = None,
                  value_range: tuple[float, float] | None = None, *, layout: Layout | None = None):
         self.path = Path(path)
@@ -223,13 +238,15 @@ class ArrayFileSource(ArraySource):
                 elif len(keys) == 1:
                     self.key = keys[0]
                 else:
-                    raise InputError(f"{self.path} holds arrays {keys[:10]}; none is arr_0, so say which "
-                                     "holds the images: ArrayFileSource(path, key=...)")
+                    raise InputError(f"{self.path} holds arrays {keys[:10]}; none is arr_0, so say which holds "
+                                     "the images: " + _keyword(self.how, ["key='NAME'"],
+                                                               f"--key NAME, or {self.path}:NAME"))
             elif key not in keys:
                 raise InputError(f"{self.path} has no array {key!r}; it holds {keys[:10]}")
             what = f"{self.path}[{self.key!r}]"
         elif key is not None:
-            raise InputError(f"key={key!r} applies to .npz files only, {self.path} is not one")
+            raise InputError(f"{option(f'key={key!r}', f'--key {key}')} applies to .npz files only, "
+                             f"{self.path} is not one")
         else:
             what = str(self.path)
         array = self.images()

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from .._hints import option
 from .._text import plural
 from ..errors import InputError
-from .arrays import _channel_axis, _check_dtype, _to_numpy, _to_uint8
+from .arrays import Layout, _channel_axis, _check_dtype, _to_numpy, _to_uint8
 from .base import MapSource, SourceFormatError, _read_bytes, _read_file, _Unreadable
 
 
@@ -35,7 +35,7 @@ def _single_array_image(value, value_range, what: str) -> np.ndarray:
     axis has 1 or 3 entries (torch's convention), numpy arrays as (H, W, C) (PIL's convention)."""
     is_tensor = isinstance(value, torch.Tensor)
     array = _to_numpy(value)
-    _check_dtype(array.dtype, value_range, what, "SequenceSource")
+    _check_dtype(array.dtype, value_range, what, "fsd.sources.SequenceSource(dataset, {})")
     if array.ndim == 3:
         chw, hwc = array.shape[0] in (1, 3), array.shape[2] in (1, 3)
         if chw and (is_tensor or not hwc):
@@ -103,18 +103,19 @@ class SequenceSource(MapSource):
 
 
 def materialize(iterable: Iterable, value_range: tuple[float, float] | None = None, *,
-                name: str | None = None) -> SequenceSource:
+                name: str | None = None, layout: Layout | None = None) -> SequenceSource:
     """Read an iterable without a length (a generator, an ``IterableDataset``, a ``DataLoader``) into
     memory once. Batches, 4-D arrays/tensors or ``(images, targets)`` pairs of them, are split into
     images; PIL images are decoded now. For streams too large for memory, write them to a folder first.
-    ``name`` (default: the iterable's type, e.g. ``DataLoader``) names the images: ``DataLoader[12]``."""
+    ``name`` (default: the iterable's type, e.g. ``DataLoader``) names the images: ``DataLoader[12]``;
+    ``layout`` (``"NHWC"`` / ``"NCHW"``) settles batches whose shape fits both."""
     name = name or type(iterable).__name__
     items: list = []
     for element in iterable:
         first = element[0] if isinstance(element, (tuple, list)) and element else element
         if isinstance(first, (np.ndarray, torch.Tensor)) and first.ndim == 4:
             array = _to_numpy(first)
-            axis = _channel_axis(array.shape, None, f"a batch from {name}")
+            axis = _channel_axis(array.shape, layout, f"a batch from {name}", "fsd.sources.materialize(iterable, {})")
             images = list(np.moveaxis(array, axis, -1))
         elif isinstance(element, list):
             images = element  # a batch given as a list of images

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .._hints import option
 from ..errors import ImageReadError, InputError
 from ..segmenters.base import Preprocessing
 from .base import MapSource, SourceFormatError, _reason
@@ -23,11 +24,11 @@ def select_indices(total: int, num_samples: int | None, seed: int) -> list[int]:
     if num_samples is None:
         return list(range(total))
     if num_samples < 1:
-        raise InputError(f"num_samples must be at least 1, got {num_samples}")
+        raise InputError(f"{option('num_samples', '--num-samples')} must be at least 1, got {num_samples}")
     if num_samples > total:
         raise InputError(
             f"asked for {num_samples} images but the source has only {total}; "
-            "lower num_samples / --num-samples or add images"
+            f"lower {option('num_samples', '--num-samples')} or add images"
         )
     indices = list(range(total))
     random.Random(seed).shuffle(indices)
