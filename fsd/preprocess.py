@@ -75,10 +75,10 @@ def label_array(image: Image.Image) -> np.ndarray:
 
 
 def prepare(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
-    """A decoded PIL image -> (3, S, S) uint8 RGB, or (1, S, S) int32 labels."""
+    """A decoded PIL image -> (3, S, S) uint8 RGB, or (1, S, S) int32 labels (a new, writable array)."""
     if preprocessing.kind == "rgb":
         out = resize_center_crop(to_rgb(image), preprocessing.size, preprocessing.resample)
-        return np.ascontiguousarray(np.asarray(out, dtype=np.uint8).transpose(2, 0, 1))
+        return np.array(np.asarray(out, dtype=np.uint8).transpose(2, 0, 1), order="C")  # owned and writable
     if image.mode in _SIXTEEN_BIT_MODES:
         image = image.convert("I")  # PIL resizes 32-bit integer images, not every 16-bit layout
     if image.mode not in ("1", "L", "P", "I"):
@@ -88,11 +88,13 @@ def prepare(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
 
 
 def prepare_array(image: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
-    """A uint8 (H, W, 3) array (e.g. a generated image) through the same geometry as files."""
+    """A uint8 (H, W, 3) array (e.g. a generated image) through the same geometry as files; a new,
+    writable array."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise InputError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
     if preprocessing.kind == "rgb" and image.shape[:2] == (preprocessing.size, preprocessing.size):
-        return np.ascontiguousarray(image.transpose(2, 0, 1))
+        # A copy, never a view: the input may be a read-only memory map, which torch will not wrap.
+        return np.array(image.transpose(2, 0, 1), order="C")
     return prepare(Image.fromarray(image), preprocessing)
 
 

@@ -80,7 +80,8 @@ class _Reader(torch.utils.data.Dataset):
 
 
 def _collate(items):
-    good = [(torch.from_numpy(a), i) for a, i, err, _ in items if err is None]
+    # torch warns on (and will not own) read-only arrays, which a custom source's read() may return.
+    good = [(torch.from_numpy(a if a.flags.writeable else a.copy()), i) for a, i, err, _ in items if err is None]
     bad = [(i, err, fatal) for a, i, err, fatal in items if err is not None]
     images = torch.stack([a for a, _ in good]) if good else None
     return images, [i for _, i in good], bad
