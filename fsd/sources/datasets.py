@@ -128,7 +128,8 @@ def materialize(iterable: Iterable, value_range: tuple[float, float] | None = No
     if not items:
         raise InputError(f"{name} ({type(iterable).__name__}) yielded no images")
     source = SequenceSource(items, value_range, name=name)
-    source.description = f"{name} ({type(iterable).__name__}, {plural(len(items), 'image')} read into memory)"
+    kind = "" if name == type(iterable).__name__ else f"{type(iterable).__name__}, "
+    source.description = f"{name} ({kind}{plural(len(items), 'image')} read into memory)"
     return source
 
 
