@@ -89,8 +89,8 @@ def _no_images_hint(root: Path) -> str:
         return "; the folder is empty"
     common = sorted(others, key=lambda e: -others[e])[:5]
     hint = f"; it holds {plural(sum(others.values()), 'other file')}: " + ", ".join(f"{others[e]} {e}" for e in common)
-    if {".zip", ".npz", ".npy", ".mdb"} & set(others):
-        hint += " (pass an archive, array file or LMDB database itself as the source)"
+    if {".zip", ".tar", ".npz", ".npy", ".mdb"} & set(others):
+        hint += " (pass an archive, tar shards, array file or LMDB database itself as the source)"
     return hint
 
 
