@@ -1,6 +1,6 @@
 """compute(), compute_stats() and friends: the one path every entry point takes.
 
-source -> batches of uint8 images (sources.py, or generators.py for a generator) -> segmenter labels
+source -> batches of uint8 images (fsd/sources/, or generators.py for a generator) -> segmenter labels
 -> per-image class pixel counts -> exact statistics (stats.py) -> Fréchet distance (frechet.py).
 
 A source is a folder or any other kind `fsd.sources.open_source` reads, saved ``.npz`` statistics, a

@@ -94,10 +94,13 @@ def run_guarded(debug: bool, action: Callable[[], None]) -> None:
     Under torchrun an error every rank knows of is printed by rank 0 alone; an error only one rank met
     is printed by that rank, prefixed with its number.
     """
+    from ._hints import command_line
+
     warnings.showwarning = _show_warning
     rank = _rank()
     try:
-        action()
+        with command_line():  # hints in messages name command-line options, not Python keywords
+            action()
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
@@ -200,11 +203,12 @@ def _report_options(f):
     return f
 
 
-def _parse_value_range(ctx, param, value: str):
+def _parse_value_range(ctx, param, value: str | None):
+    """``None`` when not given, ``"uint8"``, or ``(low, high)``."""
     from .generators import parse_value_range
 
-    if value.lower() == "uint8":
-        return None
+    if value is None or value.lower() == "uint8":
+        return None if value is None else "uint8"
     try:
         low, high = (float(v) for v in value.split(","))
     except ValueError:
@@ -237,11 +241,32 @@ def _uncertainty_kwargs(bootstrap, ci_level, bootstrap_seed, fsd_inf) -> dict:
     return dict(bootstrap=bootstrap, ci_level=ci_level, bootstrap_seed=bootstrap_seed, fsd_inf=fsd_inf)
 
 
+def _value_range_option(help_text: str):
+    return click.option("--value-range", default=None, callback=_parse_value_range, metavar="LOW,HIGH|uint8",
+                        help=help_text)
+
+
+def _input_options(f):
+    """How file inputs (REAL, FAKE, SOURCE) are read; each option applies to the kinds of input it names."""
+    f = click.option("--image-column", metavar="NAME",
+                     help="The image column of a Hugging Face dataset folder (save_to_disk); default: its first "
+                          "column of type Image.")(f)
+    f = click.option("--key", metavar="NAME",
+                     help="The array of an .npz input that holds the images (default arr_0, or its only array); "
+                          "also FILE.npz:NAME.")(f)
+    f = click.option("--layout", type=click.Choice(["NHWC", "NCHW"]),
+                     help="Axis order of .npz/.npy image arrays whose shape fits both (e.g. (N, 3, 64, 3)).")(f)
+    f = click.option("--exif-transpose", is_flag=True,
+                     help="Apply the EXIF orientation of image files (the paper does not).")(f)
+    f = click.option("--follow-links", is_flag=True,
+                     help="Follow symbolic links to folders inside folder inputs (the paper's walk does not).")(f)
+    f = click.option("--extensions", metavar="EXT[,EXT...]|all",
+                     help="File extensions read from folders and archives (default: the paper's jpg,jpeg,png; "
+                          "all: also webp,bmp,tif,tiff,gif).")(f)
+    return f
+
+
 def _generator_options(f):
-    f = click.option("--value-range", default="-1,1", show_default=True, callback=_parse_value_range,
-                     metavar="LOW,HIGH|uint8",
-                     help="Value range of the generator's output, quantized to uint8 by rounding; "
-                          "uint8 for uint8 output.")(f)
     f = click.option("--z-dim", type=click.IntRange(min=1),
                      help="Latent size (standard normal latents). Default: the generator's z_dim attribute.")(f)
     return f
@@ -255,6 +280,8 @@ def _generator_options(f):
                    "GAN), MODULE:NAME or file.py:NAME (a generator, or a function/class building one), a "
                    "torch.export .pt2 file or a TorchScript file. Latents are seeded by --seed.")
 @_generator_options
+@_value_range_option("Value range of float images, quantized to uint8 by rounding: of the generator's output "
+                     "(default -1,1; uint8 for uint8 output), or of float images in .npz/.npy inputs (no default).")
 @click.option("--save-stats", nargs=2, type=click.Path(), metavar="SOURCE OUT.npz",
               help="Compute the statistics of SOURCE and save them to OUT.npz instead of comparing. Progress is "
                    "checkpointed to OUT.npz.partial every 1000 images; rerunning an interrupted command resumes.")
@@ -277,6 +304,7 @@ def _generator_options(f):
 @click.option("--no-rows", is_flag=True,
               help="Keep only the sums, not each image's class counts: less memory, but no confidence intervals, "
                    "prevalence or FSD_inf.")
+@_input_options
 @_segmenter_options
 @_uncertainty_options
 @_report_options
@@ -285,8 +313,8 @@ def _generator_options(f):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, shard_spec, device, batch_size,
-                    num_workers,
-                    num_samples, seed, weights_dir, skip_bad_images, no_rows, segmenter, num_classes, precision,
+                    num_workers, num_samples, seed, weights_dir, skip_bad_images, no_rows, extensions, follow_links,
+                    exif_transpose, layout, key, image_column, segmenter, num_classes, precision,
                     bootstrap, ci_level, bootstrap_seed, fsd_inf, q_threshold,
                     show_report, top_k, sort, report_csv, plot_path, overwrite, as_json, quiet, debug) -> None:
     """FSD between REAL and FAKE (image folders, saved .npz statistics, lsun_church / lsun_bedroom, or a
@@ -314,8 +342,11 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                 raise click.UsageError("with --generator give REAL only: the generator is the fake side")
         elif not (real and fake):
             raise click.UsageError("give REAL and FAKE (or --save-stats SOURCE OUT.npz); see --help")
-        if not generator_spec and (z_dim is not None or value_range != (-1.0, 1.0)):
-            raise click.UsageError("--z-dim and --value-range apply to --generator")
+        if not generator_spec and z_dim is not None:
+            raise click.UsageError("--z-dim applies to --generator")
+        # --value-range is the generator's with --generator, else that of float image arrays among the inputs.
+        inputs = _input_kwargs(extensions, follow_links, exif_transpose, layout, key, image_column,
+                               None if generator_spec else value_range)
         shard = None
         if save_stats:
             _check_stats_output(save_stats[1], overwrite)
@@ -334,19 +365,20 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
             def setup():
                 fake_source = fake
                 if generator_spec:
-                    from .generators import GeneratorSource, load_generator
+                    from .generators import DEFAULT_VALUE_RANGE, GeneratorSource, load_generator
                     from .segmenters.upp import default_device
 
                     generator = load_generator(generator_spec, device=rank_device or default_device(),
                                                weights_dir=weights_dir, progress=progress)
-                    fake_source = GeneratorSource(generator, z_dim=z_dim, value_range=value_range,
-                                                  name=generator_spec)
+                    fake_source = GeneratorSource(generator, z_dim=z_dim, name=generator_spec,
+                                                  value_range=value_range or DEFAULT_VALUE_RANGE)
                 sides = [real, fake_source] if not save_stats else [save_stats[0]]
                 seg = _make_segmenter(segmenter, num_classes, rank_device, weights_dir, progress,
                                       needed=not all(_is_stats_file(p) for p in sides), precision=precision)
-                return fake_source, seg
+                files = {"SOURCE": save_stats[0]} if save_stats else {"REAL": real, "FAKE": fake_source}
+                return _open_inputs(files, inputs), seg
 
-            fake_source, seg = run_on_all_ranks(world, setup)
+            opened, seg = run_on_all_ranks(world, setup)
             common = dict(segmenter=seg, device=rank_device, batch_size=batch_size, num_workers=num_workers,
                           num_samples=num_samples, seed=seed, weights_dir=weights_dir, progress=progress,
                           skip_bad_images=skip_bad_images, keep_rows=not no_rows)
@@ -354,7 +386,7 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                 source, out = save_stats
                 # A long run saves its exact partial sums next to OUT; rerunning resumes from them.
                 checkpoint = f"{out}.partial" if world.size == 1 else None
-                stats = api.compute_stats(source, checkpoint=checkpoint, shard=shard, **common)
+                stats = api.compute_stats(opened["SOURCE"], checkpoint=checkpoint, shard=shard, **common)
                 if world.is_main:
                     stats.save(out)
                 part = f" ({stats.shard.label})" if stats.shard is not None else ""
@@ -364,7 +396,7 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                 else:
                     _echo(f"saved statistics of {plural(stats.n, 'image')} from {source}{part} to {out}", err=True)
                 return
-            result = api.compute(real, fake_source, **common,
+            result = api.compute(opened["REAL"], opened["FAKE"], **common,
                                  **_uncertainty_kwargs(bootstrap, ci_level, bootstrap_seed, fsd_inf))
             if world.is_main:
                 _print_result(result, as_json, show_report, top_k, sort, report_csv, plot_path, q_threshold)
@@ -407,6 +439,8 @@ def merge_command(parts, out, different_sources, overwrite, as_json, debug) -> N
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=1, show_default=True,
               help="Seed of the latents: sample k depends only on (seed, k).")
 @_generator_options
+@_value_range_option("Value range of the generator's output, quantized to uint8 by rounding (default -1,1); "
+                     "uint8 for uint8 output.")
 @click.option("--device", help="torch device for the generator. Default: CUDA, else MPS, else CPU (each rank's GPU "
                                "under torchrun).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
@@ -430,7 +464,7 @@ def sample_command(generator_spec, out_dir, num_samples, seed, z_dim, value_rang
     def action() -> None:
         from .segmenters.upp import default_device
         from .distributed import current_world, local_device, run_on_all_ranks
-        from .generators import GeneratorSource, load_generator, save_samples
+        from .generators import DEFAULT_VALUE_RANGE, GeneratorSource, load_generator, save_samples
 
         with _torchrun_session(device):
             world = current_world()
@@ -438,7 +472,7 @@ def sample_command(generator_spec, out_dir, num_samples, seed, z_dim, value_rang
             progress = not quiet and world.is_main
             source = run_on_all_ranks(world, lambda: GeneratorSource(
                 load_generator(generator_spec, device=rank_device, weights_dir=weights_dir, progress=progress),
-                z_dim=z_dim, value_range=value_range, name=generator_spec))
+                z_dim=z_dim, value_range=value_range or DEFAULT_VALUE_RANGE, name=generator_spec))
             paths = save_samples(source, out_dir, num_samples=num_samples, seed=seed, batch_size=batch_size,
                                  overwrite=overwrite, progress=progress)
             if as_json:
@@ -505,6 +539,8 @@ def report_command(real, fake, top_k, sort, report_csv, plot_path, weights_dir, 
 @click.option("--weights-dir", type=click.Path(file_okay=False),
               help="Folder holding upp-resnet50-upernet/ (see fsd --help).")
 @click.option("--skip-bad-images", is_flag=True, help="Skip unreadable images (reported on stderr).")
+@_input_options
+@_value_range_option("Value range of float images in .npz/.npy inputs, quantized to uint8 by rounding.")
 @_segmenter_options
 @_uncertainty_options
 @click.option("--report", "show_report", is_flag=True,
@@ -515,7 +551,8 @@ def report_command(real, fake, top_k, sort, report_csv, plot_path, weights_dir, 
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compare_command(real, fakes, names, device, batch_size, num_workers, num_samples, seed, weights_dir,
-                    skip_bad_images, segmenter, num_classes, precision, bootstrap, ci_level, bootstrap_seed, fsd_inf,
+                    skip_bad_images, extensions, follow_links, exif_transpose, layout, key, image_column, value_range,
+                    segmenter, num_classes, precision, bootstrap, ci_level, bootstrap_seed, fsd_inf,
                     q_threshold, show_report, top_k, as_json, quiet, debug) -> None:
     """Compare two or more generated sets (FAKE_A FAKE_B ...) against REAL: each FSD with its interval, and
     for every pair the difference with a paired-bootstrap interval, how often the first is closer, and the
@@ -538,11 +575,14 @@ def compare_command(real, fakes, names, device, batch_size, num_workers, num_sam
             world = current_world()
             rank_device = local_device(device, world)
             progress = not quiet and world.is_main
-            seg = run_on_all_ranks(world, lambda: _make_segmenter(
+            inputs = _input_kwargs(extensions, follow_links, exif_transpose, layout, key, image_column, value_range)
+            files = {"REAL": real, **{f"FAKE {k + 1}": fake for k, fake in enumerate(fakes)}}
+            seg, opened = run_on_all_ranks(world, lambda: (_make_segmenter(
                 segmenter, num_classes, rank_device, weights_dir, progress,
-                needed=not all(_is_stats_file(p) for p in (real, *fakes)), precision=precision))
+                needed=not all(_is_stats_file(p) for p in (real, *fakes)), precision=precision),
+                _open_inputs(files, inputs)))
             comparison = api.compare(
-                real, list(fakes), names=labels, segmenter=seg, device=rank_device, batch_size=batch_size,
+                opened["REAL"], [opened[f"FAKE {k + 1}"] for k in range(len(fakes))], names=labels, segmenter=seg, device=rank_device, batch_size=batch_size,
                 num_workers=num_workers, num_samples=num_samples, seed=seed, weights_dir=weights_dir,
                 progress=progress, skip_bad_images=skip_bad_images, rule=VerdictRule(q_threshold=q_threshold),
                 **_uncertainty_kwargs(bootstrap, ci_level, bootstrap_seed, fsd_inf))
@@ -559,6 +599,43 @@ def compare_command(real, fakes, names, device, batch_size, num_workers, num_sam
                     click.echo(pair.classes.format_table(top_k))
 
     run_guarded(debug, action)
+
+
+def _input_kwargs(extensions, follow_links, exif_transpose, layout, key, image_column, value_range) -> dict:
+    """The input options that were given, as `fsd.sources.open_source` keywords."""
+    given = dict(extensions=extensions, follow_links=follow_links or None, exif_transpose=exif_transpose or None,
+                 layout=layout, key=key, image_column=image_column,
+                 value_range=None if value_range == "uint8" else value_range)
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _open_inputs(paths: dict, inputs: dict) -> dict:
+    """Each named input (``{"REAL": path, ...}``) opened with the input options that apply to its kind.
+
+    Baseline names and generators pass through. An option that applies to none of the inputs is refused.
+    """
+    from .baselines import baseline_name
+    from .sources import OptionDoesNotApply, open_source
+
+    opened, used, refusals = {}, set(), []
+    for label, path in paths.items():
+        if not isinstance(path, str) or (baseline_name(path) is not None and not os.path.exists(path)):
+            opened[label] = path
+            continue
+        options = dict(inputs)
+        while True:
+            try:
+                opened[label] = open_source(path, **options)
+                break
+            except OptionDoesNotApply as exc:
+                refusals.append(exc)
+                options = {k: v for k, v in options.items() if k not in exc.options}
+        used |= set(options)
+    unused = [name for name in inputs if name not in used]
+    if unused:
+        first = next(exc for exc in refusals if set(unused) & set(exc.options))
+        raise InputError(str(first))
+    return opened
 
 
 def _is_stats_file(path) -> bool:

@@ -154,8 +154,8 @@ def pack_sums(n: int, count_sum: np.ndarray, count_outer_sum: np.ndarray) -> tor
     """``[n, count_sum..., count_outer_sum...]`` as one int64 tensor, so one collective carries them."""
     return torch.cat([
         torch.tensor([n], dtype=torch.int64),
-        torch.from_numpy(np.ascontiguousarray(count_sum, dtype=np.int64)).reshape(-1),
-        torch.from_numpy(np.ascontiguousarray(count_outer_sum, dtype=np.int64)).reshape(-1),
+        torch.tensor(np.asarray(count_sum, dtype=np.int64)).reshape(-1),  # a copy: the sums may be read-only
+        torch.tensor(np.asarray(count_outer_sum, dtype=np.int64)).reshape(-1),
     ])
 
 

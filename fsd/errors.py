@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ._hints import option
+
 
 class FSDError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -17,10 +19,8 @@ class ImageReadError(InputError):
     def __init__(self, path: object, reason: str):
         self.path = str(path)
         self.reason = reason
-        super().__init__(
-            f"cannot read image {self.path}: {reason} "
-            "(fix or remove the file, or pass --skip-bad-images / skip_bad_images=True to skip it)"
-        )
+        skip = option("skip_bad_images=True", "--skip-bad-images")
+        super().__init__(f"cannot read image {self.path}: {reason} (fix or remove the file, or pass {skip} to skip it)")
 
 
 class IncompatibleStatsError(InputError):

@@ -87,24 +87,33 @@ def check_seed(seed: int) -> int:
     return int(seed)
 
 
-def images_to_uint8(images: object, value_range: tuple[float, float] | None, what: str) -> torch.Tensor:
-    """Check a batch ``(N, 3, H, W)`` and quantize it to uint8 (on its own device). ``what`` names it in errors."""
+def images_to_uint8(images: object, value_range: tuple[float, float] | None, what: str, *,
+                    in_update: bool = False) -> torch.Tensor:
+    """Check a batch ``(N, 3, H, W)`` and quantize it to uint8 (on its own device). ``what`` names it in errors;
+    ``in_update``: the batch came to `fsd.FSDMetric.update`, so hints speak of the images the caller passes
+    (not of a generator's ``output_hook``, nor of a range set when the metric was made)."""
     if not isinstance(images, torch.Tensor):
-        raise InputError(
-            f"{what} is a {type(images).__name__}, not a tensor of images; pass output_hook= to pick the "
-            "images out of it, e.g. output_hook=lambda out: out[0] or lambda out: out['image']"
-        )
+        fix = ("pass a tensor (N, 3, H, W)" if in_update else
+               "pass output_hook= to pick the images out of it, e.g. output_hook=lambda out: out[0] or "
+               "lambda out: out['image']")
+        raise InputError(f"{what} is a {type(images).__name__}, not a tensor of images; {fix}")
     if images.dim() != 4 or images.shape[1] != 3:
         hint = ""
         if images.dim() == 4 and images.shape[-1] == 3:
-            hint = " (it looks channels-last: output_hook=lambda x: x.permute(0, 3, 1, 2) fixes that)"
+            hint = (" (it looks channels-last: images.permute(0, 3, 1, 2) fixes that)" if in_update else
+                    " (it looks channels-last: output_hook=lambda x: x.permute(0, 3, 1, 2) fixes that)")
         raise InputError(f"{what} must have shape (N, 3, H, W), got {tuple(images.shape)}{hint}")
     if images.shape[2] < 1 or images.shape[3] < 1:
         raise InputError(f"{what} has empty images: shape {tuple(images.shape)}")
     if images.device.type == "mps":
         images = images.cpu()  # MPS has no float64, which the quantization rule uses
+    remedy = None
+    if in_update:
+        made_for = "uint8 images" if value_range is None else f"images in [{value_range[0]:g}, {value_range[1]:g}]"
+        remedy = (f"this metric was created for {made_for} (the range is a setting of FSDMetric(value_range=...), "
+                  "not of update): pass images in that range, or uint8 images")
     try:
-        return quantize(images.detach(), value_range)
+        return quantize(images.detach(), value_range, remedy)
     except InputError as exc:
         raise InputError(f"{what}: {exc}") from exc
 

@@ -113,7 +113,8 @@ class FSDMetric(torch.nn.Module):
     def update(self, images: torch.Tensor, *, real: bool) -> None:
         """Add a batch ``(N, 3, H, W)`` (float in ``value_range``, or uint8) to the real or fake side."""
         side = "real" if real else "fake"
-        uint8 = images_to_uint8(images, self.value_range, f"images given to FSDMetric.update(real={real})")
+        uint8 = images_to_uint8(images, self.value_range, f"images given to FSDMetric.update(real={real})",
+                                in_update=True)
         seg = self.segmenter
         _keep_eval(seg)
         prepared = prepare_images(uint8, seg.preprocessing)

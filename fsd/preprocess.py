@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ._hints import option
 from .errors import InputError
 from .segmenters.base import Preprocessing
 
@@ -74,10 +75,10 @@ def label_array(image: Image.Image) -> np.ndarray:
 
 
 def prepare(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
-    """A decoded PIL image -> (3, S, S) uint8 RGB, or (1, S, S) int32 labels."""
+    """A decoded PIL image -> (3, S, S) uint8 RGB, or (1, S, S) int32 labels (a new, writable array)."""
     if preprocessing.kind == "rgb":
         out = resize_center_crop(to_rgb(image), preprocessing.size, preprocessing.resample)
-        return np.ascontiguousarray(np.asarray(out, dtype=np.uint8).transpose(2, 0, 1))
+        return np.array(np.asarray(out, dtype=np.uint8).transpose(2, 0, 1), order="C")  # owned and writable
     if image.mode in _SIXTEEN_BIT_MODES:
         image = image.convert("I")  # PIL resizes 32-bit integer images, not every 16-bit layout
     if image.mode not in ("1", "L", "P", "I"):
@@ -87,11 +88,13 @@ def prepare(image: Image.Image, preprocessing: Preprocessing) -> np.ndarray:
 
 
 def prepare_array(image: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
-    """A uint8 (H, W, 3) array (e.g. a generated image) through the same geometry as files."""
+    """A uint8 (H, W, 3) array (e.g. a generated image) through the same geometry as files; a new,
+    writable array."""
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise InputError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
     if preprocessing.kind == "rgb" and image.shape[:2] == (preprocessing.size, preprocessing.size):
-        return np.ascontiguousarray(image.transpose(2, 0, 1))
+        # A copy, never a view: the input may be a read-only memory map, which torch will not wrap.
+        return np.array(image.transpose(2, 0, 1), order="C")
     return prepare(Image.fromarray(image), preprocessing)
 
 
@@ -107,42 +110,48 @@ def parse_value_range(value_range: tuple[float, float]) -> tuple[float, float]:
 
 
 def check_value_range(
-    value_range: tuple[float, float], vmin: float, vmax: float, finite: bool = True
+    value_range: tuple[float, float], vmin: float, vmax: float, finite: bool = True, remedy: str | None = None
 ) -> tuple[float, float]:
     """Validate float images spanning [vmin, vmax] against a declared range; returns (low, high).
 
     Values a little outside the range (up to 10% of its width) are accepted (and later clipped); NaN,
-    infinity, or values far outside mean the range was declared wrongly.
+    infinity, or values far outside mean the range was declared wrongly. ``remedy`` replaces the advice
+    that ends the message (where the range is not the caller's to pass, as in `fsd.FSDMetric.update`).
     """
     lo, hi = parse_value_range(value_range)
     if not finite:
         raise InputError("images contain NaN or infinite values")
     slack = 0.1 * (hi - lo)
     if vmin < lo - slack or vmax > hi + slack:
-        raise InputError(
-            f"images span [{vmin:.4g}, {vmax:.4g}] but value_range=({lo:g}, {hi:g}) was declared; "
-            "pass the range the images really use, e.g. value_range=(0, 1) or (-1, 1), or uint8 images"
-        )
+        if remedy is not None:
+            raise InputError(f"images span [{vmin:.4g}, {vmax:.4g}]; {remedy}")
+        declared = option(f"value_range=({lo:g}, {hi:g})", f"--value-range {lo:g},{hi:g}")
+        advice = option("value_range=(0, 1) or (-1, 1)", "--value-range 0,1 or -1,1")
+        raise InputError(f"images span [{vmin:.4g}, {vmax:.4g}] but {declared} was declared; pass the range the "
+                         f"images really use, e.g. {advice}, or uint8 images")
     return lo, hi
 
 
-def quantize(images: torch.Tensor, value_range: tuple[float, float] | None) -> torch.Tensor:
+def quantize(images: torch.Tensor, value_range: tuple[float, float] | None, remedy: str | None = None) -> torch.Tensor:
     """Float images in ``value_range`` (``None``: already uint8) -> uint8, rounding to nearest.
 
     The one rule for every float input (generator outputs, float arrays and tensors), so sampling a
     generator and reading its samples back from PNG files give identical statistics. Values a little
     outside the range (up to 10% of its width) are clipped; NaN, infinity, or values far outside the
     declared range are errors, since they mean the range was declared wrongly. uint8 images are
-    already quantized and pass through whatever the range (0..255 is their only meaning).
+    already quantized and pass through whatever the range (0..255 is their only meaning). ``remedy``:
+    see `check_value_range`.
     """
     if images.dtype == torch.uint8:
         return images
     if value_range is None:
-        raise InputError(f"expected uint8 images for value_range=None, got {images.dtype}")
+        raise InputError(f"expected uint8 images, got {images.dtype}; "
+                         + (remedy or "declare the range of float images, e.g. "
+                            + option("value_range=(-1, 1)", "--value-range -1,1")))
     if not images.dtype.is_floating_point:
-        raise InputError(f"images of dtype {images.dtype} need value_range=None (uint8) or float values")
+        raise InputError(f"images of dtype {images.dtype} must be uint8 or float; " + (remedy or "convert them"))
     finite = bool(torch.isfinite(images).all())
     vmin, vmax = (float(images.min()), float(images.max())) if finite and images.numel() else (0.0, 0.0)
-    lo, hi = check_value_range(value_range, vmin, vmax, finite)
+    lo, hi = check_value_range(value_range, vmin, vmax, finite, remedy)
     scaled = (images.double() - lo) * (255.0 / (hi - lo))
     return scaled.round().clamp(0, 255).to(torch.uint8)

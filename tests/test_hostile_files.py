@@ -285,7 +285,7 @@ def test_empty_and_imageless_folders_say_what_they_hold(tmp_path):
     (docs / "sub").mkdir(parents=True)
     for name in ("a.txt", "b.txt", "sub/c.gif", "batch.npz"):
         (docs / name).write_bytes(b"x")
-    with pytest.raises(InputError, match=r"4 other file\(s\): 2 \.txt.*pass an archive"):
+    with pytest.raises(InputError, match=r"4 other files: 2 \.txt.*pass an archive"):
         fsd.compute_stats(docs, segmenter=ColorSegmenter(32))
 
 
@@ -510,7 +510,7 @@ def test_hostile_zip_members_are_named(tmp_path, monkeypatch):
     start = data.rindex(b"crc.png", 0, data.index(b"PK\x01\x02")) + len("crc.png")
     data[start + 20] ^= 0xFF  # damage crc.png's compressed bytes: inflating fails or the CRC check does
     archive.write_bytes(bytes(data))
-    monkeypatch.setattr(fsd.sources, "MAX_MEMBER_BYTES", 4096)
+    monkeypatch.setattr(fsd.sources.archives, "MAX_MEMBER_BYTES", 4096)
     source = fsd.sources.ZipSource(archive)
     expected = {"crc.png": "cannot extract from the archive", "empty.png": "empty entry", "huge.png": "zip bomb",
                 "text.png": "not an image"}

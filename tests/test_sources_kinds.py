@@ -264,6 +264,9 @@ def test_pil_images_paths_and_single_files(reference, images, segmenter):
     assert_same(stats_of([str(p) for p in paths], segmenter), expected)
     assert ids_of(paths, segmenter)[1] == str(paths[1])
     assert len(open_source(pil[0])) == 1 and len(open_source(paths[0])) == 1
+    assert list(ids_of([Image.open(p) for p in paths], segmenter)) == [str(p) for p in paths]  # named by file
+    assert ids_of(Image.open(paths[2]), segmenter)[0] == str(paths[2])
+    assert ids_of(pil, segmenter)[1] == "images[1]"  # made in memory: no file to name
 
 
 class PairDataset(torch.utils.data.Dataset):
@@ -302,7 +305,7 @@ def test_datasets_match_the_folder(images, reference, segmenter):
 
 
 def test_float_dataset_without_a_range_is_refused_even_when_skipping(images, segmenter):
-    with pytest.raises(SourceFormatError, match=r"SequenceSource\(x, value_range="):
+    with pytest.raises(SourceFormatError, match=r"SequenceSource\(dataset, value_range="):
         stats_of(PairDataset(images), segmenter, skip_bad_images=True, num_workers=2)
 
 
@@ -312,6 +315,10 @@ def test_iterables_are_read_once(images, reference, segmenter):
     loader = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(torch.from_numpy(images), torch.arange(N)), batch_size=3)
     assert_same(stats_of(loader, segmenter), expected)  # batches of (images, labels), NHWC
+    source = open_source(loader)
+    assert source.description == f"DataLoader ({N} images read into memory)"
+    assert source.identity(5) == "DataLoader[5]"
+    assert open_source(x for x in images).description == f"generator ({N} images read into memory)"
 
 
 def test_unusable_objects_are_clear_errors(tmp_path, images):
