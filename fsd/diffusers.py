@@ -225,19 +225,33 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
     return lines
 
 
-def load_pipeline(path: str, *, device: str | torch.device | None = None):
+def load_pipeline(path: str, *, device: str | torch.device | None = None, progress: bool = True):
     """``diffusers.DiffusionPipeline.from_pretrained(path)`` (a folder made by ``save_pretrained``, or a Hub
-    name), moved to ``device``, its own progress bars off."""
+    name), moved to ``device``; its per-call progress bars off, its loading bars only with ``progress``."""
     try:
         import diffusers
+        from diffusers.utils import logging as diffusers_logging
     except ImportError as exc:
         raise InputError(f"--generator diffusers:PATH needs diffusers ({exc}): pip install "
                          "'pytorch-fsd[diffusers]'") from exc
+    loggers = [diffusers_logging]
+    try:  # text encoders load through transformers, which has its own bars
+        from transformers.utils import logging as transformers_logging
+
+        loggers.append(transformers_logging)
+    except ImportError:
+        pass
+    turned_off = [] if progress else [log for log in loggers if log.is_progress_bar_enabled()]
+    for log in turned_off:
+        log.disable_progress_bar()
     try:
         pipe = diffusers.DiffusionPipeline.from_pretrained(path)
     except Exception as exc:
         raise InputError(f"cannot load a diffusers pipeline from {path} ({type(exc).__name__}: {exc}); give a folder "
                          "written by pipeline.save_pretrained()") from exc
+    finally:
+        for log in turned_off:
+            log.enable_progress_bar()
     if device is not None:
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

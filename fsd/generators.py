@@ -518,7 +518,7 @@ def load_generator(
     if spec.startswith("diffusers:"):
         from .diffusers import load_pipeline
 
-        return load_pipeline(spec.split(":", 1)[1], device=device)
+        return load_pipeline(spec.split(":", 1)[1], device=device, progress=progress)
     if spec.startswith("proggan:"):
         from .invert import proggan
 
