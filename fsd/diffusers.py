@@ -16,8 +16,9 @@ Seeds: each sample gets its own CPU ``torch.Generator`` seeded from ``(seed, k)`
 `fsd.generators` for ``z_sampler``), and pipelines draw batch noise per sample from such a list, so the
 noise of sample ``k`` depends only on ``(seed, k)``: not on the batch size, the number of samples, the
 number of processes, or the device (diffusers draws from CPU generators on the CPU). A network's float
-arithmetic may still differ in its last bits between batch sizes; after rounding to uint8 that moves a
-pixel by one level at most, rarely (measured in tests/test_diffusers.py).
+arithmetic may still differ in its last bits between batch sizes (we saw 2e-7 on a tiny CPU UNet), so a
+pixel can move by one uint8 level; tests/test_diffusers.py checks batch sizes 1 and 5 agree within one
+level. With the same batch size, everything is bit for bit.
 
 Output: the pipeline's images (``output.images``, or the first element of a tuple) as a tensor or array
 in [0, 1] (``output_type="pt"`` or ``"np"``) or PIL images, quantized by the one rule of every generator
