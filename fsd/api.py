@@ -256,11 +256,13 @@ def _generator_side(
     value_range: ValueRange,
     output_hook: Callable[[object], torch.Tensor] | None,
     argument: str,
+    prompts=None,
+    pipeline_kwargs=None,
 ):
     """``source``, or the `GeneratorSource` that ``generator=`` and its options describe."""
     if generator is None:
-        given = [n for n, v in (("z_dim", z_dim), ("z_sampler", z_sampler), ("output_hook", output_hook))
-                 if v is not None]
+        given = [n for n, v in (("z_dim", z_dim), ("z_sampler", z_sampler), ("output_hook", output_hook),
+                                ("prompts", prompts), ("pipeline_kwargs", pipeline_kwargs)) if v is not None]
         if value_range != DEFAULT_VALUE_RANGE:
             given.append("value_range")
         if given:
@@ -271,7 +273,7 @@ def _generator_side(
     if source is not None:
         raise InputError(f"pass {argument} or generator=, not both")
     return as_generator_source(generator, z_dim=z_dim, z_sampler=z_sampler, value_range=value_range,
-                               output_hook=output_hook)
+                               output_hook=output_hook, prompts=prompts, pipeline_kwargs=pipeline_kwargs)
 
 
 def _run_segmenter(segmenter: Segmenter | str | None, options: RunOptions, world: World) -> Segmenter:
@@ -472,6 +474,8 @@ def compute_stats(
     z_sampler: ZSampler | None = None,
     value_range: ValueRange = DEFAULT_VALUE_RANGE,
     output_hook: Callable[[object], torch.Tensor] | None = None,
+    prompts: list[str] | None = None,
+    pipeline_kwargs: dict | None = None,
     segmenter: Segmenter | str | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 32,
@@ -489,7 +493,8 @@ def compute_stats(
 ) -> Stats:
     """Statistics of one source: a folder of images, a saved ``.npz`` or baseline name (returned as
     loaded), a `GeneratorSource`, or ``generator=G`` (see `fsd.generators` for ``z_dim``, ``z_sampler``,
-    ``value_range`` and ``output_hook``).
+    ``value_range`` and ``output_hook``; a diffusers pipeline takes ``prompts`` and ``pipeline_kwargs``
+    instead, see `fsd.diffusers`).
 
     ``num_samples`` picks a subset of a file source by the paper's rule (``random.Random(seed).shuffle``;
     asking for more images than exist is an error), or is the number of samples of a generator, whose
@@ -513,7 +518,8 @@ def compute_stats(
     options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress,
                          skip_bad_images, distributed, checkpoint, checkpoint_every, keep_rows,
                          shards.check_shard(shard))
-    source = _generator_side(source, generator, z_dim, z_sampler, value_range, output_hook, "source")
+    source = _generator_side(source, generator, z_dim, z_sampler, value_range, output_hook, "source", prompts,
+                             pipeline_kwargs)
     world = current_world(distributed)
     (opened,), seg = _open_all([source], segmenter, options, world)
     _check_subset(options, [opened])
@@ -545,6 +551,8 @@ def compute(
     z_sampler: ZSampler | None = None,
     value_range: ValueRange = DEFAULT_VALUE_RANGE,
     output_hook: Callable[[object], torch.Tensor] | None = None,
+    prompts: list[str] | None = None,
+    pipeline_kwargs: dict | None = None,
     segmenter: Segmenter | str | None = None,
     device: str | torch.device | None = None,
     batch_size: int = 32,
@@ -564,7 +572,8 @@ def compute(
 ) -> FSDResult:
     """FSD between two sources (folders, saved ``.npz`` statistics, `Stats`, baseline names, generators).
 
-    The fake side is ``fake`` or ``generator=G`` (sampled ``num_samples`` times; see `fsd.generators`).
+    The fake side is ``fake`` or ``generator=G`` (sampled ``num_samples`` times; see `fsd.generators`; a
+    diffusers pipeline, with ``prompts=`` for a text-to-image one and ``pipeline_kwargs=``: `fsd.diffusers`).
     ``num_samples`` picks the paper's random subset of each file source; when the fake side is a
     generator it is the generator's sample count only, and the real side is used whole, exactly as
     comparing ``real`` with a folder of the generator's samples (subset the real side with
@@ -581,7 +590,8 @@ def compute(
     settings = _bootstrap_settings(bootstrap, ci_level, bootstrap_seed, ci_method)
     options = RunOptions(device, batch_size, num_workers, num_samples, seed, weights_dir, progress,
                          skip_bad_images, distributed, keep_rows=keep_rows)
-    fake = _generator_side(fake, generator, z_dim, z_sampler, value_range, output_hook, "fake")
+    fake = _generator_side(fake, generator, z_dim, z_sampler, value_range, output_hook, "fake", prompts,
+                           pipeline_kwargs)
     world = current_world(distributed)
     opened, seg = _open_all([real, fake], segmenter, options, world)
     _check_subset(options, opened)

@@ -163,7 +163,8 @@ def cli() -> None:
 
     \b
       fsd REAL FAKE                      FSD between two image folders or saved .npz statistics
-      fsd REAL --generator SPEC -n N     FSD of N samples of a generator (proggan:NAME, MODULE:NAME)
+      fsd REAL --generator SPEC -n N     FSD of N samples of a generator (proggan:NAME, MODULE:NAME,
+                                         diffusers:PATH)
       fsd lsun_church FAKE               against the paper's published baseline (or lsun_bedroom)
       fsd --save-stats SOURCE OUT.npz    save the statistics of a folder for later
       fsd report REAL.npz FAKE.npz       per-class report and figure from saved statistics
@@ -237,6 +238,30 @@ def _uncertainty_options(f):
     return f
 
 
+def _read_prompts(prompts_file: str | None) -> list[str] | None:
+    """--prompts FILE, read (and refused when empty) before any model is loaded."""
+    from .diffusers import read_prompts
+
+    return None if prompts_file is None else read_prompts(prompts_file)
+
+
+def _generator_source(generator, spec: str, z_dim, value_range, prompts, steps, guidance_scale):
+    """The source of a loaded --generator: a diffusers pipeline with its prompts and call options, or any
+    other generator with its latents."""
+    from .diffusers import is_pipeline
+    from .generators import as_generator_source
+
+    options = [n for n, v in (("--prompts", prompts), ("--steps", steps), ("--guidance-scale", guidance_scale))
+               if v is not None]
+    if not is_pipeline(generator):
+        if options:
+            raise click.UsageError(f"{', '.join(options)} apply to --generator diffusers:PATH")
+        return as_generator_source(generator, z_dim=z_dim, value_range=value_range, name=spec)
+    kwargs = {k: v for k, v in (("num_inference_steps", steps), ("guidance_scale", guidance_scale)) if v is not None}
+    return as_generator_source(generator, z_dim=z_dim, value_range=value_range, prompts=prompts,
+                               pipeline_kwargs=kwargs, name=spec)
+
+
 def _uncertainty_kwargs(bootstrap, ci_level, bootstrap_seed, fsd_inf) -> dict:
     return dict(bootstrap=bootstrap, ci_level=ci_level, bootstrap_seed=bootstrap_seed, fsd_inf=fsd_inf)
 
@@ -267,6 +292,13 @@ def _input_options(f):
 
 
 def _generator_options(f):
+    f = click.option("--guidance-scale", type=float, default=None,
+                     help="For --generator diffusers:PATH: the pipeline's guidance_scale.")(f)
+    f = click.option("--steps", type=click.IntRange(min=1), default=None,
+                     help="For --generator diffusers:PATH: the pipeline's num_inference_steps.")(f)
+    f = click.option("--prompts", "prompts_file", type=click.Path(dir_okay=False), default=None,
+                     help="For a text-to-image --generator diffusers:PATH: a text file of prompts, one a line, "
+                          "cycled over the samples.")(f)
     f = click.option("--z-dim", type=click.IntRange(min=1),
                      help="Latent size (standard normal latents). Default: the generator's z_dim attribute.")(f)
     return f
@@ -278,7 +310,8 @@ def _generator_options(f):
 @click.option("--generator", "generator_spec", metavar="SPEC",
               help="Use --num-samples samples of a generator as FAKE: proggan:NAME (a published Progressive "
                    "GAN), MODULE:NAME or file.py:NAME (a generator, or a function/class building one), a "
-                   "torch.export .pt2 file or a TorchScript file. Latents are seeded by --seed.")
+                   "torch.export .pt2 file, a TorchScript file, or diffusers:PATH (a diffusers pipeline saved "
+                   "with save_pretrained). Latents are seeded by --seed.")
 @_generator_options
 @_value_range_option("Value range of float images, quantized to uint8 by rounding: of the generator's output "
                      "(default -1,1; uint8 for uint8 output), or of float images in .npz/.npy inputs (no default).")
@@ -312,9 +345,10 @@ def _generator_options(f):
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, shard_spec, device, batch_size,
-                    num_workers, num_samples, seed, weights_dir, skip_bad_images, no_rows, extensions, follow_links,
-                    exif_transpose, layout, key, image_column, segmenter, num_classes, precision,
+def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, prompts_file, steps, guidance_scale,
+                    shard_spec, device, batch_size, num_workers, num_samples, seed, weights_dir, skip_bad_images,
+                    no_rows, extensions, follow_links, exif_transpose, layout, key, image_column, segmenter,
+                    num_classes, precision,
                     bootstrap, ci_level, bootstrap_seed, fsd_inf, q_threshold,
                     show_report, top_k, sort, report_csv, plot_path, overwrite, as_json, quiet, debug) -> None:
     """FSD between REAL and FAKE (image folders, saved .npz statistics, lsun_church / lsun_bedroom, or a
@@ -344,6 +378,8 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
             raise click.UsageError("give REAL and FAKE (or --save-stats SOURCE OUT.npz); see --help")
         if not generator_spec and z_dim is not None:
             raise click.UsageError("--z-dim applies to --generator")
+        if not generator_spec and (prompts_file or steps is not None or guidance_scale is not None):
+            raise click.UsageError("--prompts, --steps and --guidance-scale apply to --generator diffusers:PATH")
         # --value-range is the generator's with --generator, else that of float image arrays among the inputs.
         inputs = _input_kwargs(extensions, follow_links, exif_transpose, layout, key, image_column,
                                None if generator_spec else value_range)
@@ -355,6 +391,7 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
 
                 shard = parse_shard(shard_spec)
         _check_outputs(report_csv, plot_path, overwrite)
+        prompts = _read_prompts(prompts_file)
         if not generator_spec:  # with --generator, --num-samples is its number of samples
             _check_subset_applies(num_samples, [save_stats[0]] if save_stats else [real, fake])
         with _torchrun_session(device):
@@ -365,13 +402,14 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
             def setup():
                 fake_source = fake
                 if generator_spec:
-                    from .generators import DEFAULT_VALUE_RANGE, GeneratorSource, load_generator
+                    from .generators import DEFAULT_VALUE_RANGE, load_generator
                     from .segmenters.upp import default_device
 
                     generator = load_generator(generator_spec, device=rank_device or default_device(),
                                                weights_dir=weights_dir, progress=progress)
-                    fake_source = GeneratorSource(generator, z_dim=z_dim, name=generator_spec,
-                                                  value_range=value_range or DEFAULT_VALUE_RANGE)
+                    fake_source = _generator_source(generator, generator_spec, z_dim,
+                                                    value_range or DEFAULT_VALUE_RANGE, prompts, steps,
+                                                    guidance_scale)
                 sides = [real, fake_source] if not save_stats else [save_stats[0]]
                 seg = _make_segmenter(segmenter, num_classes, rank_device, weights_dir, progress,
                                       needed=not all(_is_stats_file(p) for p in sides), precision=precision)
@@ -450,29 +488,31 @@ def merge_command(parts, out, different_sources, overwrite, as_json, debug) -> N
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def sample_command(generator_spec, out_dir, num_samples, seed, z_dim, value_range, device, batch_size, weights_dir,
-                   overwrite, as_json, quiet, debug) -> None:
+def sample_command(generator_spec, out_dir, num_samples, seed, z_dim, value_range, prompts_file, steps, guidance_scale,
+                   device, batch_size, weights_dir, overwrite, as_json, quiet, debug) -> None:
     """Write --num-samples samples of GENERATOR to OUT_DIR as PNG files 000000.png, 000001.png, ...
 
     \b
     GENERATOR: proggan:NAME (a published Progressive GAN: church, bedroom, ...), MODULE:NAME or
     path/to/file.py:NAME (a generator, or a class / no-argument function that builds one), a
-    torch.export .pt2 file, or a TorchScript file. The files hold exactly the uint8 images fsd segments when given the generator
+    torch.export .pt2 file, a TorchScript file, or diffusers:PATH (a diffusers pipeline; text-to-image
+    ones take --prompts FILE, and OUT_DIR gets prompts.jsonl naming each sample's prompt). The files hold exactly the uint8 images fsd segments when given the generator
     itself, so `fsd REAL OUT_DIR` equals `fsd REAL --generator GENERATOR` with the same seed.
     """
 
     def action() -> None:
         from .segmenters.upp import default_device
         from .distributed import current_world, local_device, run_on_all_ranks
-        from .generators import DEFAULT_VALUE_RANGE, GeneratorSource, load_generator, save_samples
+        from .generators import DEFAULT_VALUE_RANGE, load_generator, save_samples
 
+        prompts = _read_prompts(prompts_file)
         with _torchrun_session(device):
             world = current_world()
             rank_device = local_device(device, world) or default_device()
             progress = not quiet and world.is_main
-            source = run_on_all_ranks(world, lambda: GeneratorSource(
+            source = run_on_all_ranks(world, lambda: _generator_source(
                 load_generator(generator_spec, device=rank_device, weights_dir=weights_dir, progress=progress),
-                z_dim=z_dim, value_range=value_range or DEFAULT_VALUE_RANGE, name=generator_spec))
+                generator_spec, z_dim, value_range or DEFAULT_VALUE_RANGE, prompts, steps, guidance_scale))
             paths = save_samples(source, out_dir, num_samples=num_samples, seed=seed, batch_size=batch_size,
                                  overwrite=overwrite, progress=progress)
             if as_json:

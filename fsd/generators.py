@@ -394,19 +394,34 @@ def as_generator_source(
     z_sampler: ZSampler | None = None,
     value_range: ValueRange = DEFAULT_VALUE_RANGE,
     output_hook: Callable[[object], torch.Tensor] | None = None,
+    prompts: Sequence[str] | None = None,
+    pipeline_kwargs: dict | None = None,
+    name: str | None = None,
 ) -> GeneratorSource:
-    """A `GeneratorSource` from a generator and its options, or the given `GeneratorSource` unchanged."""
+    """A `GeneratorSource` from a generator and its options (a `fsd.diffusers.PipelineSource` for a diffusers
+    pipeline, with ``prompts`` and ``pipeline_kwargs``), or the given `GeneratorSource` unchanged."""
+    from .diffusers import PipelineSource, is_pipeline
+
+    if is_pipeline(generator):
+        # diffusers' float images are in [0, 1]; the latent generators' default (-1, 1) does not apply
+        pipe_range = PipelineSource.value_range if value_range == DEFAULT_VALUE_RANGE else value_range
+        return PipelineSource(generator, z_dim=z_dim, z_sampler=z_sampler, output_hook=output_hook,
+                              value_range=pipe_range, prompts=prompts, pipeline_kwargs=pipeline_kwargs or {}, name=name)
     if isinstance(generator, GeneratorSource):
         set_here = [name for name, value, default in (
             ("z_dim", z_dim, None), ("z_sampler", z_sampler, None), ("output_hook", output_hook, None),
+            ("prompts", prompts, None), ("pipeline_kwargs", pipeline_kwargs, None),
         ) if value is not default]
         if value_range != DEFAULT_VALUE_RANGE:
             set_here.append("value_range")
         if set_here:
             raise InputError(f"set {', '.join(set_here)} on the GeneratorSource itself, not next to it")
         return generator
+    given = [n for n, v in (("prompts", prompts), ("pipeline_kwargs", pipeline_kwargs)) if v is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} apply to diffusers pipelines; {type(generator).__name__} is not one")
     return GeneratorSource(generator, z_dim=z_dim, z_sampler=z_sampler, value_range=value_range,
-                           output_hook=output_hook)
+                           output_hook=output_hook, name=name)
 
 
 def sample_file_name(index: int, num_samples: int) -> str:
@@ -425,6 +440,8 @@ def save_samples(
     z_sampler: ZSampler | None = None,
     value_range: ValueRange = DEFAULT_VALUE_RANGE,
     output_hook: Callable[[object], torch.Tensor] | None = None,
+    prompts: Sequence[str] | None = None,
+    pipeline_kwargs: dict | None = None,
     batch_size: int = 32,
     overwrite: bool = False,
     progress: bool = True,
@@ -440,12 +457,15 @@ def save_samples(
     then replaced, others left alone). Under ``torch.distributed`` every rank writes its own samples
     (``k % world_size == rank``) and every rank gets all the paths.
 
+    A diffusers pipeline (`fsd.diffusers`) takes ``prompts`` and ``pipeline_kwargs``; with prompts, the
+    folder also gets ``prompts.jsonl``, one line per sample naming its file and its prompt.
+
     >>> fsd.save_samples(G, "samples/", num_samples=10_000, z_dim=512)  # doctest: +SKIP
     """
     from .distributed import current_world, run_on_all_ranks
 
     source = as_generator_source(generator, z_dim=z_dim, z_sampler=z_sampler, value_range=value_range,
-                                 output_hook=output_hook)
+                                 output_hook=output_hook, prompts=prompts, pipeline_kwargs=pipeline_kwargs)
     count = source.sample_count(num_samples)
     seed = source.sample_seed(seed)
     folder = Path(folder)
@@ -469,6 +489,8 @@ def save_samples(
 
     run_on_all_ranks(world, check_folder)
     run_on_all_ranks(world, write)
+    if getattr(source, "prompts", None) is not None and world.is_main:
+        source.write_prompts(folder, range(count), lambda k: paths[k].name)
     return paths
 
 
@@ -490,6 +512,7 @@ def load_generator(
     """A generator named by a string, as the CLI's ``--generator`` / ``fsd sample GENERATOR`` take it.
 
     - ``proggan:NAME``: a published Progressive GAN (`fsd.invert.proggan`; ``z_dim`` 512, output in [-1, 1]).
+    - ``diffusers:PATH``: a ``diffusers.DiffusionPipeline`` saved with ``save_pretrained`` (`fsd.diffusers`).
     - ``MODULE:NAME`` or ``path/to/file.py:NAME``: an ``nn.Module`` instance or a function of the latents
       is the generator; a class, or a function that takes no arguments, is called to build it.
       ``MODULE`` is imported with the current folder on ``sys.path``.
@@ -501,6 +524,10 @@ def load_generator(
     """
     if device is not None:
         device = resolve_device(device)
+    if spec.startswith("diffusers:"):
+        from .diffusers import load_pipeline
+
+        return load_pipeline(spec.split(":", 1)[1], device=device, progress=progress)
     if spec.startswith("proggan:"):
         from .invert import proggan
 

@@ -26,6 +26,98 @@ from .uncertainty import BootstrapSettings
 _SIDES = ("real", "fake")
 
 
+class MetricCore:
+    """What every streaming FSD metric shares (`FSDMetric`, `fsd.torchmetrics.FrechetSegmentationDistance`).
+
+    It loads the segmenter and the optional reference statistics of the real side, turns a batch of images
+    into per-image class pixel counts, forms the exact int64 sums a metric keeps as its states, and turns
+    the sums (and rows) of both sides into the `fsd.FSDResult`. The metrics own their states and how they
+    are synchronized; everything about images and numbers is here, once.
+    """
+
+    def __init__(self, segmenter: Segmenter | str | None, real, value_range: ValueRange, options, owner: str):
+        from .api import _meta_for, _open, _run_segmenter, _stats_of
+
+        world = current_world(None)
+        # One step on all ranks: a rank that fails to load or open raises on every rank, none hangs.
+        seg, opened = run_on_all_ranks(
+            world, lambda: (_run_segmenter(segmenter, options, world), None if real is None else _open(real, options)))
+        if seg.preprocessing.kind != "rgb":
+            raise InputError(f"{owner} needs a segmenter of RGB images; {seg.name} reads {seg.preprocessing.kind!r}")
+        self.owner = owner
+        self.segmenter = seg
+        self.value_range = parse_value_range(value_range)
+        self.num_classes = len(seg.class_names)
+        self.pixels_per_image = seg.preprocessing.size ** 2
+        self.meta = {side: _meta_for(seg, f"{owner} {side} images") for side in _SIDES}
+        self.reference: Stats | None = None
+        if opened is not None:
+            reference = opened if isinstance(opened, Stats) else _stats_of(opened, seg, options, world)
+            reference.meta.check_comparable(self.meta["real"], ("the real statistics", "this metric's segmenter"))
+            if reference.pixels_per_image != self.pixels_per_image:
+                raise InputError(f"the real statistics count {reference.pixels_per_image} pixels per image, "
+                                 f"this segmenter {self.pixels_per_image}")
+            self.reference = reference
+
+    def counts(self, images: torch.Tensor, real: bool) -> torch.Tensor:
+        """Per-image class pixel counts ``(N, C)`` int64 of a batch ``(N, 3, H, W)``, on the segmenter's device.
+
+        Float images are quantized by the package's one rule (out of ``value_range``: an `InputError`),
+        then resized and cropped as image files are, so a metric equals `fsd.compute` on the same images
+        saved as PNG.
+        """
+        uint8 = images_to_uint8(images, self.value_range, f"images given to {self.owner}.update(real={real})",
+                                in_update=True)
+        seg = self.segmenter
+        _keep_eval(seg)
+        prepared = prepare_images(uint8, seg.preprocessing)
+        with torch.inference_mode():
+            labels = seg.segment(prepared.to(seg.device))
+        return class_counts(labels, self.num_classes)
+
+    @staticmethod
+    def sums(counts: torch.Tensor, device: torch.device) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """``(n, count_sum (C,), count_outer_sum (C, C))`` of a batch of counts, exact int64 on ``device``."""
+        work = device if device.type != "mps" else torch.device("cpu")  # no float64 on MPS
+        counts = counts.to(work)
+        # float64 products and sums of whole counts are exact below 2**53: fine for any one batch.
+        as_float = counts.to(torch.float64)
+        outer = (as_float.T @ as_float).round().to(torch.int64)
+        return counts.shape[0], counts.sum(dim=0).to(device), outer.to(device)
+
+    def stats(self, side: str, n: int, count_sum: torch.Tensor, count_outer_sum: torch.Tensor,
+              rows: Rows | None, rows_note: str = "") -> Stats:
+        """The `Stats` of one side's sums (and rows), without the reference."""
+        return Stats.from_sums(self.meta[side], self.pixels_per_image, n, count_sum.cpu().numpy(),
+                               count_outer_sum.cpu().numpy(), rows=rows, rows_note=rows_note)
+
+    def with_reference(self, side: str, stats: Stats) -> Stats:
+        """``stats`` plus, for the real side, the reference statistics given up front."""
+        if side != "real" or self.reference is None:
+            return stats
+        if stats.n == 0:
+            return self.reference
+        combined = Stats(self.reference.meta, self.pixels_per_image)
+        combined.merge(self.reference)
+        combined.merge(stats)
+        return combined
+
+    def result(self, real: Stats, fake: Stats, bootstrap: BootstrapSettings):
+        """The `fsd.FSDResult` of both sides; fewer than 2 images on a side is an `InputError`."""
+        from .api import _distance
+
+        for name, stats in (("real", real), ("fake", fake)):
+            if stats.n < 2:
+                raise InputError(
+                    f"the {name} side has {plural(stats.n, 'image')}; FSD needs at least 2 per side: call "
+                    f"update(images, real={name == 'real'}) first" + (" or pass real= reference statistics"
+                                                                      if name == "real" else "")
+                )
+        # The interval is a setting of the metric: without rows (keep_rows=False, or sums restored from a
+        # state_dict) the result has none and says why, instead of failing a training run.
+        return _distance(real, fake, settings=bootstrap, explicit=False, fsd_inf=False, warn_missing=False)
+
+
 class FSDMetric(torch.nn.Module):
     """Streaming FSD: feed batches of images with `update`, read the score with `compute`.
 
@@ -44,6 +136,9 @@ class FSDMetric(torch.nn.Module):
     The metric never enters train mode: the segmenter is not a registered submodule, so ``model.train()``
     on a module holding the metric does not reach it, and modules of the segmenter found in training
     mode are put back in eval mode before each use. ``metric.to(device)`` moves the states only.
+
+    For Lightning and torchmetrics' conventions (``self.log("val/fsd", metric)``), use
+    `fsd.torchmetrics.FrechetSegmentationDistance`, which shares this metric's core (`MetricCore`).
 
     >>> metric = fsd.FSDMetric(real="lsun_church")          # doctest: +SKIP
     >>> for z in latents:                                   # doctest: +SKIP
@@ -70,40 +165,40 @@ class FSDMetric(torch.nn.Module):
         bootstrap_seed: int = 0,
     ):
         super().__init__()
-        from .api import RunOptions, _meta_for, _open, _run_segmenter, _stats_of
+        from .api import RunOptions
 
         options = RunOptions(device=device, batch_size=batch_size, num_workers=num_workers,
                              weights_dir=weights_dir, progress=progress)
-        world = current_world(None)
-        # One step on all ranks: a rank that fails to load or open raises on every rank, none hangs.
-        loaded, opened = run_on_all_ranks(
-            world, lambda: (_run_segmenter(segmenter, options, world), None if real is None else _open(real, options)))
-        # Kept out of the module tree on purpose: .train(), .to() and state_dict() never reach it.
-        self.__dict__["segmenter"] = loaded
-        seg = self.segmenter
-        if seg.preprocessing.kind != "rgb":
-            raise InputError(f"FSDMetric needs a segmenter of RGB images; {seg.name} reads {seg.preprocessing.kind!r}")
-        self.value_range = parse_value_range(value_range)
+        # A plain attribute, kept out of the module tree on purpose: .train(), .to() and state_dict() never
+        # reach the segmenter it holds.
+        self.__dict__["core"] = MetricCore(segmenter, real, value_range, options, "FSDMetric")
         self.sync_on_compute = sync_on_compute
         self.keep_rows = keep_rows
         self.bootstrap = BootstrapSettings(bootstrap, ci_level, bootstrap_seed)
         # Each image's counts (fsd.rows), per side: plain attributes, never in state_dict.
         self._rows: dict[str, list[Rows]] = {side: [] for side in _SIDES}
-        self.pixels_per_image = seg.preprocessing.size ** 2
-        self._meta = {side: _meta_for(seg, f"FSDMetric {side} images") for side in _SIDES}
-        c = len(seg.class_names)
+        c = self.core.num_classes
         for side in _SIDES:
             self.register_buffer(f"{side}_n", torch.zeros((), dtype=torch.int64))
             self.register_buffer(f"{side}_count_sum", torch.zeros(c, dtype=torch.int64))
             self.register_buffer(f"{side}_count_outer_sum", torch.zeros((c, c), dtype=torch.int64))
-        self.reference: Stats | None = None
-        if opened is not None:
-            reference = opened if isinstance(opened, Stats) else _stats_of(opened, seg, options, world)
-            reference.meta.check_comparable(self._meta["real"], ("the real statistics", "this metric's segmenter"))
-            if reference.pixels_per_image != self.pixels_per_image:
-                raise InputError(f"the real statistics count {reference.pixels_per_image} pixels per image, "
-                                 f"this segmenter {self.pixels_per_image}")
-            self.reference = reference
+
+    @property
+    def segmenter(self) -> Segmenter:
+        return self.core.segmenter
+
+    @property
+    def value_range(self) -> tuple[float, float] | None:
+        return self.core.value_range
+
+    @property
+    def pixels_per_image(self) -> int:
+        return self.core.pixels_per_image
+
+    @property
+    def reference(self) -> Stats | None:
+        """The real statistics given up front (``real=``), or None."""
+        return self.core.reference
 
     # torch.nn.Module.train would only flip flags here; the segmenter is never switched to training.
     def train(self, mode: bool = True) -> FSDMetric:
@@ -112,16 +207,7 @@ class FSDMetric(torch.nn.Module):
 
     def update(self, images: torch.Tensor, *, real: bool) -> None:
         """Add a batch ``(N, 3, H, W)`` (float in ``value_range``, or uint8) to the real or fake side."""
-        side = "real" if real else "fake"
-        uint8 = images_to_uint8(images, self.value_range, f"images given to FSDMetric.update(real={real})",
-                                in_update=True)
-        seg = self.segmenter
-        _keep_eval(seg)
-        prepared = prepare_images(uint8, seg.preprocessing)
-        with torch.inference_mode():
-            labels = seg.segment(prepared.to(seg.device))
-        counts = class_counts(labels, len(seg.class_names))
-        self._add(side, counts)
+        self._add("real" if real else "fake", self.core.counts(images, real))
 
     def update_real(self, images: torch.Tensor) -> None:
         self.update(images, real=True)
@@ -131,31 +217,25 @@ class FSDMetric(torch.nn.Module):
 
     def _add(self, side: str, counts: torch.Tensor) -> None:
         n_state = getattr(self, f"{side}_n")
-        work = n_state.device if n_state.device.type != "mps" else torch.device("cpu")  # no float64 on MPS
-        counts = counts.to(work)
-        # float64 products and sums of whole counts are exact below 2**53: fine for any one batch.
-        as_float = counts.to(torch.float64)
-        outer = (as_float.T @ as_float).round().to(torch.int64)
+        n, count_sum, outer = MetricCore.sums(counts, n_state.device)
         if self.keep_rows:
             start = int(n_state)
-            numpy_counts = counts.cpu().numpy()
-            index = range(start, start + counts.shape[0])
-            self._rows[side].append(Rows.from_dense(numpy_counts, list(index), [f"{side}[{k}]" for k in index]))
-        n_state += counts.shape[0]
-        getattr(self, f"{side}_count_sum").add_(counts.sum(dim=0).to(n_state.device))
-        getattr(self, f"{side}_count_outer_sum").add_(outer.to(n_state.device))
+            index = range(start, start + n)
+            self._rows[side].append(Rows.from_dense(counts.cpu().numpy(), list(index), [f"{side}[{k}]" for k in index]))
+        n_state += n
+        getattr(self, f"{side}_count_sum").add_(count_sum)
+        getattr(self, f"{side}_count_outer_sum").add_(outer)
 
     def local_stats(self, side: str) -> Stats:
         """This rank's updates of one side (``"real"`` or ``"fake"``), without the reference statistics."""
-        meta = self._meta[side]
         n = int(getattr(self, f"{side}_n"))
         rows, note = None, "made with keep_rows=False (--no-rows)"
         if self.keep_rows:
-            rows = Rows.concatenate(self._rows[side], len(meta.class_names))
+            rows = Rows.concatenate(self._rows[side], self.core.num_classes)
             if len(rows) != n:  # the sums came from load_state_dict, which holds no rows
                 rows, note = None, "restored from a state_dict, which holds the sums only"
-        return Stats.from_sums(meta, self.pixels_per_image, n, getattr(self, f"{side}_count_sum").cpu().numpy(),
-                               getattr(self, f"{side}_count_outer_sum").cpu().numpy(), rows=rows, rows_note=note)
+        return self.core.stats(side, n, getattr(self, f"{side}_count_sum"), getattr(self, f"{side}_count_outer_sum"),
+                               rows, note)
 
     def side_stats(self, side: str) -> Stats:
         """The statistics of one side: every rank's updates (when synced) plus the reference for ``"real"``."""
@@ -163,30 +243,11 @@ class FSDMetric(torch.nn.Module):
         world = current_world(None)
         if self.sync_on_compute and world.size > 1:
             stats = reduce_stats(stats, world, distinct_ranks=True)
-        if side == "real" and self.reference is not None:
-            if stats.n == 0:
-                return self.reference
-            combined = Stats(self.reference.meta, self.pixels_per_image)
-            combined.merge(self.reference)
-            combined.merge(stats)
-            return combined
-        return stats
+        return self.core.with_reference(side, stats)
 
     def compute(self):
         """The `fsd.FSDResult` of everything added since the last `reset` (on every rank when synced)."""
-        from .api import _distance
-
-        real, fake = self.side_stats("real"), self.side_stats("fake")
-        for name, stats in (("real", real), ("fake", fake)):
-            if stats.n < 2:
-                raise InputError(
-                    f"the {name} side has {stats.n} image(s); FSD needs at least 2 per side: call "
-                    f"update(images, real={name == 'real'}) first" + (" or pass real= reference statistics"
-                                                                      if name == "real" else "")
-                )
-        # The interval is a setting of the metric: without rows (keep_rows=False, or sums restored from a
-        # state_dict) the result has none and says why, instead of failing a training run.
-        return _distance(real, fake, settings=self.bootstrap, explicit=False, fsd_inf=False, warn_missing=False)
+        return self.core.result(self.side_stats("real"), self.side_stats("fake"), self.bootstrap)
 
     def reset(self, *, keep_real: bool = True) -> None:
         """Forget the fake images; with ``keep_real=False`` forget the real ones and the reference too."""
@@ -196,7 +257,7 @@ class FSDMetric(torch.nn.Module):
                 getattr(self, f"{side}_{name}").zero_()
             self._rows[side] = []
         if not keep_real:
-            self.reference = None
+            self.core.reference = None
 
     def extra_repr(self) -> str:
         fake = f"generated: {plural(int(self.fake_n), 'image')}"
