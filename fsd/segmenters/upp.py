@@ -170,14 +170,37 @@ def float32_math(allow_tf32: bool) -> Iterator[None]:
         torch.set_float32_matmul_precision(saved_matmul)
 
 
+def _bilinear(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """The one bilinear resize both paths use: contiguous NCHW in, ``F.interpolate`` with align_corners=False."""
+    return F.interpolate(logits.contiguous(), size=(size, size), mode="bilinear", align_corners=False)
+
+
 def _upsample_argmax_full(logits: torch.Tensor, size: int, out: torch.Tensor) -> None:
     """``out[:] = argmax_c bilinear_upsample(logits)``, the upsampled batch bounded by `_UPSAMPLE_BYTES`."""
     chunk = max(1, _UPSAMPLE_BYTES // (logits.shape[1] * size * size * logits.element_size()))
     for start in range(0, logits.shape[0], chunk):
-        upsampled = F.interpolate(
-            logits[start : start + chunk], size=(size, size), mode="bilinear", align_corners=False
-        )
-        out[start : start + chunk] = upsampled.argmax(dim=1)
+        out[start : start + chunk] = _bilinear(logits[start : start + chunk], size).argmax(dim=1)
+
+
+def channel_independent_kernel(channels: int, height: int, width: int, size: int) -> bool:
+    """Whether PyTorch's CPU bilinear resize of a contiguous float ``(N, channels, height, width)`` map to
+    ``size`` x ``size`` takes its channels-first kernel, which computes every output value alone, by the
+    same arithmetic whatever the number of channels and threads.
+
+    The rule is PyTorch's (``upsample_bilinear2d_kernel_impl_float`` in ATen's cpu/UpSampleKernel.cpp, read
+    for 2.14): the channels-last kernel runs instead when the input counts as channels-last contiguous and
+    has more than 3 channels (every ``(N, C, 1, 1)`` map does), when the output's height + width is at most
+    128, or at one thread with exactly 3 channels. That kernel vectorizes across channels and sums the last
+    ``channels % vector width`` of them in another order, so there a class's upsampled values depend on
+    which and how many classes are resized with it (3 of 336 channels at one thread: 1.9e-6 apart, labels
+    changed at near-ties).
+    """
+    counts_as_channels_last = channels == 1 or height * width == 1
+    return not (
+        (counts_as_channels_last and channels > 3)
+        or 2 * size <= 128
+        or (torch.get_num_threads() == 1 and channels == 3)
+    )
 
 
 def winnable_classes(logits: torch.Tensor, magnitude: float) -> torch.Tensor:
@@ -208,21 +231,44 @@ def winnable_classes(logits: torch.Tensor, magnitude: float) -> torch.Tensor:
     return (logits >= (floor - tol).unsqueeze(1)).flatten(2).any(dim=2)
 
 
+def _upsample_subset(logits: torch.Tensor, classes: torch.Tensor, size: int) -> torch.Tensor:
+    """Labels ``(size, size)`` of one image ``(1, C, h, w)`` from the ascending ``classes`` alone.
+
+    Three channels would switch PyTorch to another kernel at one thread (`channel_independent_kernel`), so
+    a third class is resized as four channels, the last one repeated; a repeat never wins an argmax
+    (ties go to the first index), and any label it could give maps back to the same class anyway.
+    """
+    width = 4 if len(classes) == 3 else len(classes)
+    padded = torch.cat([classes, classes[-1:].expand(width - len(classes))])
+    subset = logits.index_select(1, padded)
+    assert channel_independent_kernel(width, *logits.shape[2:], size)  # upsample_argmax checked the full map
+    return padded[_bilinear(subset, size)[0].argmax(dim=0)]
+
+
 def upsample_argmax(logits: torch.Tensor, size: int, prune_classes: bool = True) -> torch.Tensor:
     """int64 ``(N, size, size)`` labels: ``F.interpolate(logits, (size, size), bilinear,
-    align_corners=False).argmax(1)``, identical label for label.
+    align_corners=False).argmax(1)`` of the contiguous map, identical label for label.
 
-    With ``prune_classes`` (and finite float logits), only the classes that `winnable_classes` keeps are
-    upsampled, in ascending order so that ties still go to the lowest index. That skips most of the work
-    when an image holds few classes, as a trained segmenter's maps do; an image where more than half the
-    classes survive (random weights) takes the plain path.
+    With ``prune_classes``, on CPU, only the classes that `winnable_classes` keeps are upsampled, in
+    ascending order so that ties still go to the lowest index. That skips most of the work when an image
+    holds few classes, as a trained segmenter's maps do. Pruning runs only where the result is provably
+    the full one's: finite float logits of at least 4 classes whose resize takes PyTorch's channels-first
+    kernel (`channel_independent_kernel`: outputs larger than 64 x 64 from maps larger than 1 x 1), where a
+    class's upsampled values do not depend on the other channels. Everything else, and every image where
+    more than half the classes survive (random weights), takes the plain path.
     """
     logits = logits.contiguous()  # F.interpolate rounds differently for channels-last tensors
     n, channels, h, w = logits.shape
     labels = torch.empty((n, size, size), dtype=torch.int64, device=logits.device)
     if n == 0:
         return labels
-    prune = prune_classes and logits.is_floating_point()
+    prune = (
+        prune_classes
+        and logits.is_floating_point()
+        and logits.device.type == "cpu"
+        and channels >= 4
+        and channel_independent_kernel(channels, h, w, size)
+    )
     if prune:
         low, high = (float(v) for v in torch.aminmax(logits))
         prune = math.isfinite(low) and math.isfinite(high)  # NaN and infinity take the plain path
@@ -241,13 +287,8 @@ def upsample_argmax(logits: torch.Tensor, size: int, prune_classes: bool = True)
         _upsample_argmax_full(logits.index_select(0, index), size, crowded_labels)
         labels[index] = crowded_labels
     for i, count in enumerate(counts):
-        if 2 * count > channels:
-            continue
-        classes = keep[i].nonzero().flatten()  # ascending
-        upsampled = F.interpolate(
-            logits[i : i + 1, classes], size=(size, size), mode="bilinear", align_corners=False
-        )
-        labels[i] = classes[upsampled[0].argmax(dim=0)]
+        if 2 * count <= channels:
+            labels[i] = _upsample_subset(logits[i : i + 1], keep[i].nonzero().flatten(), size)
     return labels
 
 
