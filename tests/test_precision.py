@@ -64,6 +64,24 @@ def test_fast_path_labels_equal_the_naive_formulation(segmenter, images, fast_la
     assert len(torch.unique(fast_labels)) > 20  # a varied map, so the equality means something
 
 
+def test_the_pruned_model_path_equals_the_naive_formulation(images, subset_calls):
+    # Random weights keep all 336 classes winnable, so the fast path above never prunes. Here the object
+    # classifier holds 8 classes far above the rest, like a trained model on a scene with 8 classes: the
+    # class pruning engages on every image, and the labels must still be the naive formulation's.
+    encoder, decoder = _modules()
+    competing = torch.tensor([0, 1, 4, 9, 57, 150, 222, 335])
+    with torch.no_grad():
+        bias = decoder.object_head[1].bias
+        behind = torch.ones_like(bias, dtype=torch.bool)
+        behind[competing] = False
+        bias[behind] -= 20.0  # the logits spread over about 8, so these never come near a winner
+    seg = UPPSegmenter(encoder, decoder, synthetic_labels(), device="cpu")
+    fast = seg.segment(images[:2])
+    assert len(subset_calls) == 2 and all(1 <= count <= 8 for count in subset_calls), subset_calls
+    assert set(torch.unique(fast).tolist()) <= set(competing.tolist()) and len(torch.unique(fast)) >= 4
+    assert torch.equal(fast, naive_segment(seg, images[:2]))
+
+
 def test_labels_do_not_depend_on_the_input_memory_layout(segmenter, images, fast_labels):
     # Convolutions round differently on channels-last input; a caller's strides must not change labels.
     strided = images.contiguous(memory_format=torch.channels_last)
