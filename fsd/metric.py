@@ -18,8 +18,8 @@ from .distributed import current_world, reduce_stats, run_on_all_ranks
 from .errors import InputError
 from .generators import DEFAULT_VALUE_RANGE, ValueRange, images_to_uint8, parse_value_range, prepare_images
 from .segmenters.base import Segmenter, class_counts
-from .rows import Rows
-from .stats import Stats
+from .rows import Rows, exact_block_weight, exact_outer_sum
+from .stats import Stats, max_images
 from .uncertainty import BootstrapSettings
 
 _SIDES = ("real", "fake")
@@ -131,9 +131,18 @@ class FSDMetric(torch.nn.Module):
         n_state = getattr(self, f"{side}_n")
         work = n_state.device if n_state.device.type != "mps" else torch.device("cpu")  # no float64 on MPS
         counts = counts.to(work)
-        # float64 products and sums of whole counts are exact below 2**53: fine for any one batch.
-        as_float = counts.to(torch.float64)
-        outer = (as_float.T @ as_float).round().to(torch.int64)
+        total = int(n_state) + counts.shape[0]
+        if total > max_images(self.pixels_per_image):
+            raise InputError(
+                f"FSDMetric.update: the {side} side would hold {total:,} images, more than the "
+                f"{max_images(self.pixels_per_image):,} whose sums stay exact in int64; reset() or use a second metric"
+            )
+        if counts.shape[0] <= exact_block_weight(self.pixels_per_image):
+            # float64 products and sums of whole counts are exact below 2**53 (fsd.rows.exact_outer_sum).
+            as_float = counts.to(torch.float64)
+            outer = (as_float.T @ as_float).round().to(torch.int64)
+        else:
+            outer = torch.from_numpy(exact_outer_sum(counts.cpu().numpy())).to(work)
         if self.keep_rows:
             start = int(n_state)
             numpy_counts = counts.cpu().numpy()
