@@ -125,8 +125,20 @@ def load_average() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
+def software_versions() -> str:
+    """The versions this very process runs with (Python, torch, torchvision, NumPy, Pillow, fsd)."""
+    import PIL
+    import torchvision
+
+    import fsd
+
+    cuda = f" (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})" if torch.cuda.is_available() else ""
+    return (f"python {platform.python_version()}, torch {torch.__version__}{cuda}, torchvision {torchvision.__version__}, "
+            f"numpy {np.__version__}, pillow {PIL.__version__}, fsd {fsd.__version__}")
+
+
 def machine_description(device: torch.device) -> str:
-    """CPU model and cores, GPU if used, torch version, threads, and the load when measured."""
+    """CPU model and cores, GPU if used, the software versions of this run, threads, and the load."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -140,7 +152,8 @@ def machine_description(device: torch.device) -> str:
     except AttributeError:
         cores = os.cpu_count() or 0
     lines = [
-        f"cpu: {cpu}, {cores} cores available, torch {torch.__version__} with {torch.get_num_threads()} threads",
+        f"cpu: {cpu}, {cores} cores available, torch with {torch.get_num_threads()} threads",
+        f"software: {software_versions()}",
         f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         f"load average (1, 5, 15 min) at start: {load_average()}",
     ]

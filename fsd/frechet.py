@@ -4,9 +4,9 @@
 
 Tr((S_1 S_2)^(1/2)) equals Tr((S_1^(1/2) S_2 S_1^(1/2))^(1/2)), the trace of the square root of a
 symmetric positive semi-definite matrix. We compute it from symmetric eigendecompositions in float64
-(negative and rounding-level eigenvalues dropped) and one singular value decomposition, which stays
-real and finite for the rank-deficient covariances that segmentation statistics always have (classes
-that never occur), where ``scipy.linalg.sqrtm(S_1 @ S_2)`` can return complex values or fail, and
+(of each covariance scaled to unit variances, dropping eigenvalues at rounding level: `psd_factor`) and
+one singular value decomposition, which stays real and finite for the rank-deficient covariances that
+segmentation statistics always have (classes that never occur), where ``scipy.linalg.sqrtm(S_1 @ S_2)`` can return complex values or fail, and
 gives 0 for a set against itself to rounding (the eigenvalue-clipping form is off by ~1e-7 there).
 """
 
@@ -40,15 +40,37 @@ class FrechetDistance(NamedTuple):
         return self.value
 
 
-def psd_factor(matrix: np.ndarray) -> np.ndarray:
-    """L with L @ L.T = matrix, keeping only eigenvalues above the rank tolerance.
+# Eigenvalues of the unit-diagonal (correlation) matrix below this many units of C * eps * its largest
+# eigenvalue are rounding noise: its entries carry a few eps of rounding, and eigh adds about C * eps.
+NOISE_ULPS = 8
 
-    Eigenvalues below ``C * eps * max`` are rounding noise of a singular matrix (absent classes);
-    they are dropped rather than square-rooted, since sqrt(1e-16) noise would become 1e-8 signal.
+
+def psd_factor(matrix: np.ndarray) -> np.ndarray:
+    """L with L @ L.T = matrix for a symmetric positive semi-definite ``matrix``, without its rounding noise.
+
+    The classes are first scaled to unit variance (classes of zero variance, those absent from the set,
+    are left out exactly): ``matrix = D R D`` with ``D`` the standard deviations. Each entry of a covariance
+    carries a rounding error of a few eps *relative to its own size*, so in ``R`` every entry is known to
+    a few eps and an eigenvalue of ``R`` below ``NOISE_ULPS * C * eps * max`` is indistinguishable from zero
+    (directions that are exactly null: percentages summing to 100, fewer images than classes). Those are
+    dropped rather than square-rooted, since sqrt(1e-16) noise would become 1e-8 signal. What the scaling
+    buys: a real class that is merely rare (one pixel in 50,000 images has a variance 1e-14 of a common
+    class's) keeps its eigenvalue, where a tolerance relative to the largest eigenvalue of ``matrix`` itself
+    would drop it.
     """
-    w, v = np.linalg.eigh(matrix)
-    keep = w > max(w.max(initial=0.0), 0.0) * matrix.shape[0] * np.finfo(np.float64).eps
-    return v[:, keep] * np.sqrt(w[keep])
+    c = matrix.shape[0]
+    variances = np.diagonal(matrix)
+    support = np.flatnonzero(variances > 0)
+    factor = np.zeros((c, 0))
+    if support.size == 0:
+        return factor
+    std = np.sqrt(variances[support])
+    scaled = matrix[np.ix_(support, support)] / np.outer(std, std)
+    w, v = np.linalg.eigh((scaled + scaled.T) / 2)
+    keep = w > NOISE_ULPS * support.size * np.finfo(np.float64).eps * max(w.max(initial=0.0), 0.0)
+    factor = np.zeros((c, int(keep.sum())))
+    factor[support] = std[:, None] * v[:, keep] * np.sqrt(w[keep])
+    return factor
 
 
 def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:

@@ -19,8 +19,8 @@ from ._text import plural
 from .errors import InputError
 from .generators import DEFAULT_VALUE_RANGE, ValueRange, images_to_uint8, parse_value_range, prepare_images
 from .segmenters.base import Segmenter, class_counts
-from .rows import Rows
-from .stats import Stats
+from .rows import Rows, exact_block_weight, exact_outer_sum
+from .stats import Stats, max_images
 from .uncertainty import BootstrapSettings
 
 _SIDES = ("real", "fake")
@@ -76,13 +76,17 @@ class MetricCore:
         return class_counts(labels, self.num_classes)
 
     @staticmethod
-    def sums(counts: torch.Tensor, device: torch.device) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def sums(counts: torch.Tensor, device: torch.device, pixels_per_image: int = 1 << 16,
+             ) -> tuple[int, torch.Tensor, torch.Tensor]:
         """``(n, count_sum (C,), count_outer_sum (C, C))`` of a batch of counts, exact int64 on ``device``."""
         work = device if device.type != "mps" else torch.device("cpu")  # no float64 on MPS
         counts = counts.to(work)
-        # float64 products and sums of whole counts are exact below 2**53: fine for any one batch.
-        as_float = counts.to(torch.float64)
-        outer = (as_float.T @ as_float).round().to(torch.int64)
+        if counts.shape[0] <= exact_block_weight(pixels_per_image):
+            # float64 products and sums of whole counts are exact below 2**53 (fsd.rows.exact_outer_sum).
+            as_float = counts.to(torch.float64)
+            outer = (as_float.T @ as_float).round().to(torch.int64)
+        else:
+            outer = torch.from_numpy(exact_outer_sum(counts.cpu().numpy())).to(work)
         return counts.shape[0], counts.sum(dim=0).to(device), outer.to(device)
 
     def stats(self, side: str, n: int, count_sum: torch.Tensor, count_outer_sum: torch.Tensor,
@@ -217,7 +221,13 @@ class FSDMetric(torch.nn.Module):
 
     def _add(self, side: str, counts: torch.Tensor) -> None:
         n_state = getattr(self, f"{side}_n")
-        n, count_sum, outer = MetricCore.sums(counts, n_state.device)
+        total = int(n_state) + counts.shape[0]
+        if total > max_images(self.pixels_per_image):
+            raise InputError(
+                f"FSDMetric.update: the {side} side would hold {total:,} images, more than the "
+                f"{max_images(self.pixels_per_image):,} whose sums stay exact in int64; reset() or use a second metric"
+            )
+        n, count_sum, outer = MetricCore.sums(counts, n_state.device, self.pixels_per_image)
         if self.keep_rows:
             start = int(n_state)
             index = range(start, start + n)

@@ -22,32 +22,45 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Products and sums of whole pixel counts are exact in float64 below 2**53. With rows summing to P
-# pixels, one block of b rows sums outer products up to b * P**2: b = 2**20 keeps that exact for
-# P = 65536 (2**52), so sums over more rows are formed block by block and added in int64.
-EXACT_BLOCK_ROWS = 1 << 20
+# float64 products and sums of whole numbers are exact while every partial sum stays at most 2**53.
+EXACT_FLOAT_LIMIT = 2**53
+
+
+def exact_block_weight(largest: int) -> int:
+    """How many rows (or how much bootstrap weight) one float64 block may hold when no entry exceeds
+    ``largest``: each outer-product entry then sums at most ``weight * largest**2`` <= `EXACT_FLOAT_LIMIT`.
+    2**21 rows for counts of at most 65536 pixels (256 x 256), 2**17 for 512 x 512."""
+    return max(1, EXACT_FLOAT_LIMIT // max(1, int(largest)) ** 2)
 
 
 def exact_outer_sum(dense: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """``sum_i w_i x_i x_i^T`` of integer rows ``dense`` (N, K), exactly, as int64 (K, K).
+    """``sum_i w_i x_i x_i^T`` of non-negative integer rows ``dense`` (N, K), exactly, as int64 (K, K).
 
-    float64 matrix products are exact while every partial sum stays an integer below 2**53, which
-    holds for blocks of `EXACT_BLOCK_ROWS` rows of at most 65536 pixels with weights summing to at
-    most the block's length (bootstrap weights); larger inputs are split into blocks and summed in int64.
+    float64 matrix products are fast and exact while every partial sum is an integer of at most 2**53, so
+    the rows are taken in blocks small enough for that (`exact_block_weight` of the largest entry, by
+    length or, with non-negative integer ``weights`` such as bootstrap counts, by weight sum), and the
+    blocks are summed in int64. The caller keeps the int64 total in range (`fsd.stats.max_images`).
     """
     n, k = dense.shape
     total = np.zeros((k, k), dtype=np.int64)
+    if n == 0:
+        return total
+    block_weight = exact_block_weight(int(dense.max(initial=0)))
     if weights is not None:
         weights = np.asarray(weights)
-    # Weighted blocks are bounded by their weight sum, unweighted ones by their length.
     start = 0
     while start < n:
-        stop = min(n, start + EXACT_BLOCK_ROWS)
+        stop = min(n, start + block_weight)
         if weights is not None:
-            # Shrink the block until its weights sum to at most EXACT_BLOCK_ROWS.
+            # Shrink the block until its weights sum to at most block_weight.
             cumulative = np.cumsum(weights[start:stop], dtype=np.int64)
-            if cumulative[-1] > EXACT_BLOCK_ROWS:
-                stop = start + max(1, int(np.searchsorted(cumulative, EXACT_BLOCK_ROWS, side="right")))
+            if cumulative[-1] > block_weight:
+                stop = start + max(1, int(np.searchsorted(cumulative, block_weight, side="right")))
+        if weights is not None and stop == start + 1 and weights[start] > block_weight:
+            row = dense[start].astype(np.int64)  # one image weighing more than a block: in integers
+            total += int(weights[start]) * np.outer(row, row)
+            start = stop
+            continue
         block = dense[start:stop].astype(np.float64)
         if weights is None:
             product = block.T @ block

@@ -5,8 +5,9 @@ the statistics are kept as *exact integer sums* of the counts and of their outer
 addition is associative, which makes the result bit-for-bit independent of batch size, worker count,
 input order and sharding across processes (floating-point accumulation, pytorch-fid's or a Chan-style
 merge, is only equal up to rounding). Mean and covariance (divisor N - 1) are formed once, in float64,
-with the centering done exactly in integers. int64 sums hold up to 2**31 images of 65536 pixels
-(``MAX_IMAGES`` for the pixel count in use); more raise an error instead of wrapping around.
+with the centering done exactly in integers. int64 sums hold up to 2**31 - 1 images of 65536 pixels
+(`max_images` for the pixel count in use); more raise an `InputError` instead of wrapping around, in
+`Stats.update`, `Stats.merge`, and for sums that arrive from other processes or from a file.
 
 Next to the sums, statistics keep each image's own counts and identity (`fsd.rows.Rows`, sparse) unless
 made with ``keep_rows=False``: the bootstrap intervals, the prevalence of each class and the example
@@ -36,7 +37,7 @@ RECOMPUTE_HINT = "recompute them with per-image rows: `python -m fsd --save-stat
 
 
 def max_images(pixels_per_image: int) -> int:
-    """The most images whose outer-product sums of counts fit int64 exactly (2**31 for 65536 pixels)."""
+    """The most images whose outer-product sums of counts fit int64 exactly (2**31 - 1 for 65536 pixels)."""
     return INT64_MAX // (pixels_per_image * pixels_per_image)
 
 
@@ -151,6 +152,8 @@ class Stats:
                   skipped: tuple[tuple[str, str], ...] = ()) -> Stats:
         """Statistics from exact sums (from a collective or a metric's states), with the rows if kept."""
         stats = cls(meta, pixels_per_image, keep_rows=rows is not None)
+        # A sum over processes past the capacity has wrapped around in int64; only n shows it.
+        stats._check_capacity(int(n), "these sums count")
         stats.n = int(n)
         stats.count_sum = np.asarray(count_sum, dtype=np.int64).copy()
         stats.count_outer_sum = np.asarray(count_outer_sum, dtype=np.int64).copy()
@@ -215,13 +218,13 @@ class Stats:
         if (counts.sum(axis=1) != self.pixels_per_image).any() or (counts < 0).any():
             raise ValueError(f"each row of counts must be non-negative and sum to {self.pixels_per_image}")
         n = counts.shape[0]
-        self._check_capacity(self.n + n, "adding these images")
+        self._check_capacity(self.n + n, "adding these images would make")
         if self._row_parts is not None:
             index = np.arange(self.n, self.n + n) if index is None else index
             ids = [f"#{k}" for k in range(self.n, self.n + n)] if ids is None else ids
             self._row_parts.append(Rows.from_dense(counts, index, ids).sorted())
         present = np.flatnonzero(counts.any(axis=0))  # images hold few classes: work on those only
-        outer = exact_outer_sum(counts[:, present])  # exact in blocks of EXACT_BLOCK_ROWS images
+        outer = exact_outer_sum(counts[:, present])  # exact in float64 blocks, summed in int64
         self.n += n
         self.count_sum += counts.sum(axis=0)
         self.count_outer_sum[np.ix_(present, present)] += outer
@@ -230,7 +233,7 @@ class Stats:
         limit = max_images(self.pixels_per_image)
         if n > limit:
             raise InputError(
-                f"{what} would make {n:,} images, more than the {limit:,} of {self.pixels_per_image} pixels whose "
+                f"{what} {n:,} images, more than the {limit:,} of {self.pixels_per_image} pixels whose "
                 "sums stay exact in int64; split the set and compare the parts"
             )
 
@@ -252,7 +255,7 @@ class Stats:
             raise IncompatibleStatsError(
                 f"cannot merge statistics over {self.pixels_per_image} and {other.pixels_per_image} pixels per image"
             )
-        self._check_capacity(self.n + other.n, "merging these statistics")
+        self._check_capacity(self.n + other.n, "merging these statistics would make")
         if self._row_parts is not None:
             if other.rows is None:
                 self.drop_rows(other.rows_note or "merged with statistics that have no rows")
@@ -341,6 +344,7 @@ class Stats:
                     **{f.name: str(data[f.name]) for f in fields(StatsMeta) if f.name != "class_names"},
                 )
                 stats = cls(meta, int(data["pixels_per_image"]))
+                stats._check_capacity(int(data["n"]), f"statistics file {path} counts")
                 stats.n = int(data["n"])
                 stats.count_sum = data["count_sum"].astype(np.int64)
                 stats.count_outer_sum = data["count_outer_sum"].astype(np.int64)

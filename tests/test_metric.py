@@ -179,3 +179,23 @@ def test_uint8_real_images_and_float_fake_images_in_one_metric(tmp_path):
     separate.update(real_u8, real=True)
     assert np.array_equal(metric.side_stats("real").count_outer_sum, separate.side_stats("real").count_outer_sum)
     assert np.isfinite(metric.compute().fsd)
+
+
+def test_update_refuses_to_overflow_the_int64_sums_and_large_batches_stay_exact(monkeypatch):
+    from fsd import metric as metric_module
+    from fsd.stats import max_images
+
+    images = float_images(5, seed=3, height=32, width=32)
+    metric = fsd.FSDMetric(ColorSegmenter(32))
+    metric.fake_n.fill_(max_images(32 * 32) - 4)
+    with pytest.raises(InputError, match=r"the fake side would hold 8,796,093,022,208 images, more than the "
+                                         r"8,796,093,022,207 whose sums stay exact in int64"):
+        metric.update(images, real=False)
+    assert int(metric.fake_n) == max_images(32 * 32) - 4  # nothing was added
+    plain = fsd.FSDMetric(ColorSegmenter(32))
+    plain.update(images, real=True)
+    monkeypatch.setattr(metric_module, "exact_block_weight", lambda largest: 2)  # take the blocked path
+    blocked = fsd.FSDMetric(ColorSegmenter(32))
+    blocked.update(images, real=True)
+    assert torch.equal(blocked.real_count_outer_sum, plain.real_count_outer_sum)
+    assert int(blocked.real_count_outer_sum.sum()) == 5 * (32 * 32) ** 2

@@ -19,6 +19,7 @@ from fsd.segmenters.upp import (
     UPPSegmenter,
     float32_math,
     naive_segment,
+    channel_independent_kernel,
     upsample_argmax,
     winnable_classes,
 )
@@ -41,7 +42,7 @@ def segmenter() -> UPPSegmenter:
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
-    return synthetic_images(3, 256, seed=5)  # on CPU the decoder runs 2 images at a time: 2 + 1
+    return synthetic_images(3, 256, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,24 @@ def test_fast_path_labels_equal_the_naive_formulation(segmenter, images, fast_la
     assert naive.shape == fast_labels.shape == (3, 256, 256)
     assert torch.equal(naive, fast_labels)
     assert len(torch.unique(fast_labels)) > 20  # a varied map, so the equality means something
+
+
+def test_the_pruned_model_path_equals_the_naive_formulation(images, subset_calls):
+    # Random weights keep all 336 classes winnable, so the fast path above never prunes. Here the object
+    # classifier holds 8 classes far above the rest, like a trained model on a scene with 8 classes: the
+    # class pruning engages on every image, and the labels must still be the naive formulation's.
+    encoder, decoder = _modules()
+    competing = torch.tensor([0, 1, 4, 9, 57, 150, 222, 335])
+    with torch.no_grad():
+        bias = decoder.object_head[1].bias
+        behind = torch.ones_like(bias, dtype=torch.bool)
+        behind[competing] = False
+        bias[behind] -= 20.0  # the logits spread over about 8, so these never come near a winner
+    seg = UPPSegmenter(encoder, decoder, synthetic_labels(), device="cpu")
+    fast = seg.segment(images[:2])
+    assert len(subset_calls) == 2 and all(1 <= count <= 8 for count in subset_calls), subset_calls
+    assert set(torch.unique(fast).tolist()) <= set(competing.tolist()) and len(torch.unique(fast)) >= 4
+    assert torch.equal(fast, naive_segment(seg, images[:2]))
 
 
 def test_labels_do_not_depend_on_the_input_memory_layout(segmenter, images, fast_labels):
@@ -142,6 +161,79 @@ def test_non_finite_logits_take_the_plain_path():
     assert upsample_argmax(torch.zeros(0, 4, 8, 8), 32).shape == (0, 32, 32)
 
 
+@pytest.fixture
+def subset_calls(monkeypatch) -> list[int]:
+    """The number of classes of every pruned upsampling (`upp._upsample_subset`) while the test runs."""
+    calls: list[int] = []
+    original = upp._upsample_subset
+
+    def spy(logits, classes, size):
+        calls.append(len(classes))
+        return original(logits, classes, size)
+
+    monkeypatch.setattr(upp, "_upsample_subset", spy)
+    return calls
+
+
+@pytest.fixture(params=[1, 2], ids=["1 thread", "2 threads"])
+def threads(request):
+    """PyTorch picks another bilinear kernel for 3 channels at one thread: test at 1 and 2."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(saved)
+
+
+def _near_ties(survivors: int, side: int, seed: int, channels: int = 336) -> torch.Tensor:
+    """Two images whose ``survivors`` leading classes are within a few float32 ulps of each other at every
+    position (so rounding decides the argmax nearly everywhere) and whose other classes trail far behind."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, channels, side, side, generator=gen) - 40
+    for i in range(2):
+        chosen = torch.randperm(channels, generator=gen)[:survivors]
+        base = 3 + torch.rand(1, side, side, generator=gen)
+        ulps = torch.randint(-3, 4, (survivors, side, side), generator=gen).float()
+        logits[i, chosen] = base * (1 + ulps * 2.0**-23)
+    return logits
+
+
+@pytest.mark.parametrize("side", [1, 2, 16], ids=lambda side: f"{side}x{side} map")
+@pytest.mark.parametrize("survivors", range(1, 9))
+def test_pruned_upsampling_equals_the_full_one_label_for_label(threads, side, survivors, subset_calls):
+    logits = _near_ties(survivors, side, seed=100 * side + survivors)
+    want = reference_labels(logits, 96)
+    if side > 1:
+        assert len(torch.unique(want)) >= min(survivors, 2)  # the near-ties really split the pixels
+    got = upsample_argmax(logits, 96)
+    assert torch.equal(got, want), int((got != want).sum())
+    # A 1 x 1 map counts as channels-last: its full resize takes another kernel, so it is never pruned.
+    assert subset_calls == ([] if side == 1 else [survivors, survivors])
+
+
+def test_three_survivors_at_one_thread_equal_the_full_upsampling(subset_calls):
+    # The case that failed: with exactly 3 channels at one thread PyTorch resizes with its channels-last
+    # kernel, which rounds differently from the channels-first kernel of the full 336-channel map.
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        logits = _near_ties(3, 64, seed=7)
+        assert torch.equal(upsample_argmax(logits, 256), reference_labels(logits, 256))
+    finally:
+        torch.set_num_threads(saved)
+    assert subset_calls == [3, 3]
+
+
+def test_small_outputs_and_few_channels_are_never_pruned(subset_calls):
+    # An output of 64 x 64 or less is resized by the channels-last kernel whatever the layout.
+    logits = _near_ties(2, 16, seed=3)
+    assert torch.equal(upsample_argmax(logits, 64), reference_labels(logits, 64))
+    three = _near_ties(1, 16, seed=4, channels=3)
+    assert torch.equal(upsample_argmax(three, 96), reference_labels(three, 96))
+    assert subset_calls == []
+    assert not channel_independent_kernel(336, 16, 16, 64) and channel_independent_kernel(336, 16, 16, 65)
+    assert not channel_independent_kernel(336, 1, 1, 256) and channel_independent_kernel(2, 1, 1, 256)
+
+
 # ------------------------------------------------------------------------------- precision modes
 
 
@@ -184,7 +276,7 @@ def test_bfloat16_runs_in_bfloat16_channels_last(images, fast_labels):
         labels = seg.segment(images)
     finally:
         hook.remove()
-    assert seen == [torch.bfloat16, torch.bfloat16]  # images 1-2, then image 3
+    assert seen == [torch.bfloat16] * 3  # on CPU the network runs on micro-batches of one image
     assert labels.dtype == torch.int64 and labels.shape == fast_labels.shape
     # Random weights amplify rounding about 100-fold (benchmarks/README.md), so bfloat16 moves many labels;
     # far above chance agreement shows the same model ran, below 1 that the reduced precision was in effect.

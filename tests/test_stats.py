@@ -143,3 +143,79 @@ def test_the_list_of_skipped_images_is_saved(tmp_path):
     s.skipped = (("photos/bad ü.jpg", "image file is truncated"),)
     s.save(tmp_path / "s.npz")
     assert Stats.load(tmp_path / "s.npz").skipped == s.skipped
+
+
+# ------------------------------------------------------------------ exactness limits of the int64 sums
+
+
+def _two_class_rows(n: int, pixels: int) -> np.ndarray:
+    """n images of two classes, alternately (pixels - 1, 1) and (1, pixels - 1): odd squares, so a float64
+    sum past 2**53 would lose its last bit."""
+    rows = np.ones((n, 2), dtype=np.int64)
+    rows[0::2, 0] = pixels - 1
+    rows[1::2, 1] = pixels - 1
+    return rows
+
+
+@pytest.mark.parametrize("pixels, n", [
+    (256 * 256, 2**21 + 3),  # past 2**53 for one float64 product of all rows: blocks are needed
+    (512 * 512, 2**17 + 5),  # a larger image takes smaller blocks (2**20 rows were too many here)
+])
+def test_one_update_of_many_images_stays_exact(pixels, n):
+    meta = StatsMeta(("a", "b"), "demo", "w", "labels:512", "0")
+    stats = Stats(meta, pixels_per_image=pixels, keep_rows=False)
+    stats.update(_two_class_rows(n, pixels))
+    odd, even = (n + 1) // 2, n // 2  # rows (pixels - 1, 1) and (1, pixels - 1)
+    big, small = (pixels - 1) ** 2, 1
+    want = [[odd * big + even * small, n * (pixels - 1)], [n * (pixels - 1), odd * small + even * big]]
+    assert stats.count_outer_sum.tolist() == want
+    assert stats.count_sum.tolist() == [odd * (pixels - 1) + even, odd + even * (pixels - 1)]
+
+
+def test_exact_outer_sum_in_many_small_blocks_with_weights(monkeypatch):
+    from fsd import rows as rows_module
+
+    rng = np.random.default_rng(3)
+    dense = random_counts(rng, 500)
+    weights = rng.integers(0, 5, size=500)
+    weights[17] = 40  # one image weighing more than a block
+    want_plain = sum(np.outer(r, r).astype(object) for r in dense)
+    want_weighted = sum(int(w) * np.outer(r, r).astype(object) for r, w in zip(dense, weights))
+    monkeypatch.setattr(rows_module, "EXACT_FLOAT_LIMIT", 7 * P * P)  # blocks of 7 rows (or weight 7)
+    assert rows_module.exact_block_weight(P) == 7
+    assert (rows_module.exact_outer_sum(dense) == want_plain).all()
+    assert (rows_module.exact_outer_sum(dense, weights) == want_weighted).all()
+
+
+def test_update_and_merge_refuse_to_overflow_int64():
+    from fsd.stats import max_images
+
+    pixels = 256 * 256
+    limit = max_images(pixels)
+    assert limit == 2**31 - 1
+    meta = StatsMeta(("a", "b"), "demo", "w", "rgb:256", "0")
+    zeros = (np.zeros(2, np.int64), np.zeros((2, 2), np.int64))
+    nearly_full = Stats.from_sums(meta, pixels, limit - 1, *zeros)
+    with pytest.raises(InputError, match=r"adding these images would make 2,147,483,648 images, more than the "
+                                         r"2,147,483,647 of 65536 pixels whose sums stay exact in int64"):
+        nearly_full.update(np.array([[pixels, 0], [0, pixels]]))
+    assert nearly_full.n == limit - 1  # nothing was added
+    nearly_full.update(np.array([[pixels, 0]]))  # exactly the capacity is fine
+    half = Stats.from_sums(meta, pixels, 2**30, *zeros)
+    with pytest.raises(InputError, match="merging these statistics would make 2,147,483,648 images"):
+        half.merge(Stats.from_sums(meta, pixels, 2**30, *zeros))
+    assert half.n == 2**30
+    # Sums all-reduced over processes past the capacity have wrapped around: n is the one witness.
+    with pytest.raises(InputError, match="these sums count 2,147,483,648 images"):
+        Stats.from_sums(meta, pixels, 2**31, *zeros)
+
+
+def test_a_file_claiming_too_many_images_is_refused(tmp_path):
+    stats = stats_of(random_counts(np.random.default_rng(4), 5))
+    stats.save(tmp_path / "s.npz")
+    with np.load(tmp_path / "s.npz") as data:
+        arrays = dict(data)
+    arrays["n"] = np.array(2**62, dtype=np.int64)
+    np.savez(tmp_path / "forged.npz", **arrays)
+    with pytest.raises(InputError, match=r"forged.npz counts 4,611,686,018,427,387,904 images, more than"):
+        Stats.load(tmp_path / "forged.npz")

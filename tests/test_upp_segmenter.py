@@ -45,14 +45,14 @@ def images() -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def batch_run(segmenter, images):
-    """Labels of the 8-image batch, and the tensor the encoder received."""
+    """Labels of the 8-image batch, and what the encoder received (micro-batch after micro-batch)."""
     seen: list[torch.Tensor] = []
     hook = segmenter.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
     try:
         labels = segmenter.segment(images)
     finally:
         hook.remove()
-    return labels, seen[0]
+    return labels, torch.cat(seen)[: len(images)]
 
 
 def test_label_maps(batch_run, segmenter):

@@ -9,6 +9,12 @@ the network runs, and the user's settings are restored afterwards. ``"tf32"`` (N
 their statistics carry a ``weights_id`` suffix (``+tf32``, ``+bf16``, ``+fp16``), so they are never
 compared with float32 statistics by mistake. benchmarks/README.md has the measured speed and deviation.
 
+Invariance. The network always runs on micro-batches of `MICRO_BATCH` images (1 on CPU, 32 on GPUs; the last
+one padded), and on CUDA in float32 with cuDNN autotuning off and deterministic algorithms on
+(`deterministic_algorithms`). So an image's labels are the same whatever the batch size, the number of
+loader workers or processes, the shard, and the image's place in the input. They do depend on the CPU
+thread count, on CPU vs GPU, on the GPU model and on library versions (README, "What is reproducible").
+
 >>> seg = UPPSegmenter.from_pretrained()                       # doctest: +SKIP
 >>> labels = seg.segment(images_uint8)                         # doctest: +SKIP
 >>> class_percentages(labels, seg.num_classes).shape           # doctest: +SKIP
@@ -54,11 +60,13 @@ PRECISIONS: tuple[str, ...] = ("float32", "bfloat16", "float16", "tf32")
 # Appended to weights_id: statistics made in a reduced precision never compare equal to float32 ones.
 PRECISION_SUFFIXES = {"float32": "", "bfloat16": "+bf16", "float16": "+fp16", "tf32": "+tf32"}
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-# On CPU the encoder and the decoder run on this many images at a time, whatever the caller's batch, so
-# their largest activations (about 4 and 32 MB per image) stay in cache. Measured on a 2-core EPYC: the
-# whole network at 1-3 images 1.8 img/s, at 4 1.5, at 8 1.2, at 32 1.0; encoder at 8 and decoder at 2, 1.65.
-_CPU_ENCODER_BATCH = 8
-_CPU_DECODER_BATCH = 2
+# The network always runs on micro-batches of exactly this many images (the last one padded), whatever the
+# caller's batch: kernels then never see a shape that depends on how the work was split, so an image's
+# labels do not depend on the batch size, the worker or process count, the shard or its place in a batch.
+# CPU: 1, measured on a 2-core EPYC (8 images, median of 3 interleaved runs): 1.47 img/s at 1, 1.49 at 2,
+# 1.16 for encoder 8 + decoder 2; 1 never pads. GPUs: 32, the default batch of the API and the CLI.
+MICRO_BATCH = {"cpu": 1}
+ACCELERATOR_MICRO_BATCH = 32
 
 
 def default_device() -> torch.device:
@@ -170,14 +178,62 @@ def float32_math(allow_tf32: bool) -> Iterator[None]:
         torch.set_float32_matmul_precision(saved_matmul)
 
 
+@contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """cuDNN autotuning off, deterministic cuDNN convolutions and PyTorch's deterministic algorithms on;
+    the user's settings restored on exit.
+
+    Autotuning (``cudnn.benchmark``) times several convolution algorithms on the first call of each shape
+    and keeps the fastest, so two runs, or two processes, could compute one image with different
+    algorithms. ``warn_only``: an operation without a deterministic implementation warns instead of failing
+    a run. PyTorch also warns that cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` for determinism; that concerns
+    work spread over several CUDA streams, and segmentation runs on one, so that one warning is silenced.
+    """
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        cudnn.benchmark, cudnn.deterministic = False, True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*CUBLAS_WORKSPACE_CONFIG")
+            yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
+def _bilinear(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """The one bilinear resize both paths use: contiguous NCHW in, ``F.interpolate`` with align_corners=False."""
+    return F.interpolate(logits.contiguous(), size=(size, size), mode="bilinear", align_corners=False)
+
+
 def _upsample_argmax_full(logits: torch.Tensor, size: int, out: torch.Tensor) -> None:
     """``out[:] = argmax_c bilinear_upsample(logits)``, the upsampled batch bounded by `_UPSAMPLE_BYTES`."""
     chunk = max(1, _UPSAMPLE_BYTES // (logits.shape[1] * size * size * logits.element_size()))
     for start in range(0, logits.shape[0], chunk):
-        upsampled = F.interpolate(
-            logits[start : start + chunk], size=(size, size), mode="bilinear", align_corners=False
-        )
-        out[start : start + chunk] = upsampled.argmax(dim=1)
+        out[start : start + chunk] = _bilinear(logits[start : start + chunk], size).argmax(dim=1)
+
+
+def channel_independent_kernel(channels: int, height: int, width: int, size: int) -> bool:
+    """Whether PyTorch's CPU bilinear resize of a contiguous float ``(N, channels, height, width)`` map to
+    ``size`` x ``size`` takes its channels-first kernel, which computes every output value alone, by the
+    same arithmetic whatever the number of channels and threads.
+
+    The rule is PyTorch's (``upsample_bilinear2d_kernel_impl_float`` in ATen's cpu/UpSampleKernel.cpp, read
+    for 2.14): the channels-last kernel runs instead when the input counts as channels-last contiguous and
+    has more than 3 channels (every ``(N, C, 1, 1)`` map does), when the output's height + width is at most
+    128, or at one thread with exactly 3 channels. That kernel vectorizes across channels and sums the last
+    ``channels % vector width`` of them in another order, so there a class's upsampled values depend on
+    which and how many classes are resized with it (3 of 336 channels at one thread: 1.9e-6 apart, labels
+    changed at near-ties).
+    """
+    counts_as_channels_last = channels == 1 or height * width == 1
+    return not (
+        (counts_as_channels_last and channels > 3)
+        or 2 * size <= 128
+        or (torch.get_num_threads() == 1 and channels == 3)
+    )
 
 
 def winnable_classes(logits: torch.Tensor, magnitude: float) -> torch.Tensor:
@@ -208,21 +264,44 @@ def winnable_classes(logits: torch.Tensor, magnitude: float) -> torch.Tensor:
     return (logits >= (floor - tol).unsqueeze(1)).flatten(2).any(dim=2)
 
 
+def _upsample_subset(logits: torch.Tensor, classes: torch.Tensor, size: int) -> torch.Tensor:
+    """Labels ``(size, size)`` of one image ``(1, C, h, w)`` from the ascending ``classes`` alone.
+
+    Three channels would switch PyTorch to another kernel at one thread (`channel_independent_kernel`), so
+    a third class is resized as four channels, the last one repeated; a repeat never wins an argmax
+    (ties go to the first index), and any label it could give maps back to the same class anyway.
+    """
+    width = 4 if len(classes) == 3 else len(classes)
+    padded = torch.cat([classes, classes[-1:].expand(width - len(classes))])
+    subset = logits.index_select(1, padded)
+    assert channel_independent_kernel(width, *logits.shape[2:], size)  # upsample_argmax checked the full map
+    return padded[_bilinear(subset, size)[0].argmax(dim=0)]
+
+
 def upsample_argmax(logits: torch.Tensor, size: int, prune_classes: bool = True) -> torch.Tensor:
     """int64 ``(N, size, size)`` labels: ``F.interpolate(logits, (size, size), bilinear,
-    align_corners=False).argmax(1)``, identical label for label.
+    align_corners=False).argmax(1)`` of the contiguous map, identical label for label.
 
-    With ``prune_classes`` (and finite float logits), only the classes that `winnable_classes` keeps are
-    upsampled, in ascending order so that ties still go to the lowest index. That skips most of the work
-    when an image holds few classes, as a trained segmenter's maps do; an image where more than half the
-    classes survive (random weights) takes the plain path.
+    With ``prune_classes``, on CPU, only the classes that `winnable_classes` keeps are upsampled, in
+    ascending order so that ties still go to the lowest index. That skips most of the work when an image
+    holds few classes, as a trained segmenter's maps do. Pruning runs only where the result is provably
+    the full one's: finite float logits of at least 4 classes whose resize takes PyTorch's channels-first
+    kernel (`channel_independent_kernel`: outputs larger than 64 x 64 from maps larger than 1 x 1), where a
+    class's upsampled values do not depend on the other channels. Everything else, and every image where
+    more than half the classes survive (random weights), takes the plain path.
     """
     logits = logits.contiguous()  # F.interpolate rounds differently for channels-last tensors
     n, channels, h, w = logits.shape
     labels = torch.empty((n, size, size), dtype=torch.int64, device=logits.device)
     if n == 0:
         return labels
-    prune = prune_classes and logits.is_floating_point()
+    prune = (
+        prune_classes
+        and logits.is_floating_point()
+        and logits.device.type == "cpu"
+        and channels >= 4
+        and channel_independent_kernel(channels, h, w, size)
+    )
     if prune:
         low, high = (float(v) for v in torch.aminmax(logits))
         prune = math.isfinite(low) and math.isfinite(high)  # NaN and infinity take the plain path
@@ -241,13 +320,8 @@ def upsample_argmax(logits: torch.Tensor, size: int, prune_classes: bool = True)
         _upsample_argmax_full(logits.index_select(0, index), size, crowded_labels)
         labels[index] = crowded_labels
     for i, count in enumerate(counts):
-        if 2 * count > channels:
-            continue
-        classes = keep[i].nonzero().flatten()  # ascending
-        upsampled = F.interpolate(
-            logits[i : i + 1, classes], size=(size, size), mode="bilinear", align_corners=False
-        )
-        labels[i] = classes[upsampled[0].argmax(dim=0)]
+        if 2 * count <= channels:
+            labels[i] = _upsample_subset(logits[i : i + 1], keep[i].nonzero().flatten(), size)
     return labels
 
 
@@ -382,31 +456,49 @@ class UPPSegmenter:
         dtype = _AUTOCAST_DTYPES.get(self.precision)
         return torch.autocast(self._device.type, dtype=dtype) if dtype is not None else nullcontext()
 
+    @property
+    def micro_batch(self) -> int:
+        """How many images the network runs on at a time, always (`MICRO_BATCH`)."""
+        return MICRO_BATCH.get(self._device.type, ACCELERATOR_MICRO_BATCH)
+
+    @contextmanager
+    def _numerics(self) -> Iterator[None]:
+        """The float settings of one `segment` call: true float32 (or TF32 on request) and, on CUDA in
+        float32, deterministic algorithms without cuDNN autotuning; the user's settings restored after."""
+        with float32_math(allow_tf32=self.precision == "tf32"):
+            if self._device.type == "cuda" and self.precision == "float32":
+                with deterministic_algorithms():
+                    yield
+            else:
+                yield
+
     def segment(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 RGB ``(N, 3, 256, 256)`` on any device -> int64 labels ``(N, 256, 256)`` on ``self.device``."""
+        """uint8 RGB ``(N, 3, 256, 256)`` on any device -> int64 labels ``(N, 256, 256)`` on ``self.device``.
+
+        The network runs on fixed micro-batches of `micro_batch` images, the last one padded with
+        zeros, so each image's labels are the same however the caller batches the images.
+        """
         images = self._check_images(images)
         size = self.preprocessing.size
         count = images.shape[0]
         # Allocated outside inference mode so that callers may modify the result in place.
         labels = torch.empty((count, size, size), dtype=torch.int64, device=self._device)
-        on_cpu = self._device.type == "cpu"
-        encoder_step = _CPU_ENCODER_BATCH if on_cpu else max(count, 1)
-        decoder_step = _CPU_DECODER_BATCH if on_cpu else max(count, 1)
-        with float32_math(allow_tf32=self.precision == "tf32"), torch.inference_mode():
-            for start in range(0, count, encoder_step):
-                x = self.network_input(images[start : start + encoder_step])
+        step = self.micro_batch
+        with self._numerics(), torch.inference_mode():
+            for start in range(0, count, step):
+                x = self.network_input(images[start : start + step])
+                real = x.shape[0]
+                if real < step:
+                    x = torch.cat([x, x.new_zeros((step - real, *x.shape[1:]))])
                 with self._autocast():
                     features = self.encoder(x.contiguous(memory_format=self._memory_format))
-                for offset in range(0, x.shape[0], decoder_step):
-                    part = tuple(f[offset : offset + decoder_step] for f in features)
-                    with self._autocast():
-                        logits = self.decoder.forward_object(part)
-                    # Upsampling and argmax in float32 always: bfloat16 logits would tie classes that differ.
-                    # No softmax: it is monotonic and cannot change the argmax.
-                    first = start + offset
-                    labels[first : first + decoder_step] = upsample_argmax(
-                        logits.float(), size, prune_classes=on_cpu
-                    )
+                    logits = self.decoder.forward_object(features)
+                # Upsampling and argmax in float32 always: bfloat16 logits would tie classes that differ.
+                # No softmax: it is monotonic and cannot change the argmax. Each output value of the
+                # upsampling is computed alone, so the padding can be cut off before it.
+                labels[start : start + real] = upsample_argmax(
+                    logits[:real].float(), size, prune_classes=self._device.type == "cpu"
+                )
         return labels
 
 
