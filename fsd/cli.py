@@ -19,6 +19,7 @@ import click
 
 from . import __version__
 from .errors import FSDError, InputError
+from .weights_cli import weights_group
 
 
 SORT_CHOICES = ["real", "relative", "absolute", "significance"]
@@ -626,6 +627,9 @@ def _print_result(result, as_json: bool, show_report: bool, top_k: int, sort: st
         from .report import plot_omissions, save_figure
 
         save_figure(plot_omissions(result, top_k=top_k, rule=rule, level=result.ci_level or 0.95), plot_path)
+
+
+cli.add_command(weights_group(run_guarded))
 
 
 def main() -> None:

@@ -80,7 +80,7 @@ except ImportError:  # Windows: an open file cannot be deleted there, which prot
 
 __all__ = [
     "RemoteFile", "Artifact", "cache_dir", "user_mirrors", "fetch", "fetch_file", "download_into",
-    "remove_stale_parts", "recorded_sha256", "sha256_of",
+    "remove_stale_parts", "recorded_sha256", "check_file", "offline_mode", "sha256_of",
 ]
 
 TIMEOUT_S = 30.0
@@ -288,7 +288,7 @@ def download_into(
     removed, stamps written. The result is the layout a user folder and a mirror have. Returns the folder."""
     wanted = [f.name for f in artifact.files] if names is None else [artifact.file(n).name for n in names]
     folder = Path(root).expanduser().absolute() / artifact.name
-    return _into_folder(artifact, wanted, folder, progress, _offline(offline), mirrors, in_cache=False)
+    return _into_folder(artifact, wanted, folder, progress, offline_mode(offline), mirrors, in_cache=False)
 
 
 def _resolve(
@@ -304,10 +304,11 @@ def _resolve(
     if weights_dir is not None:
         return _from_user_folder(artifact, names, Path(weights_dir).expanduser())
     folder = cache_dir() / artifact.name
-    return _into_folder(artifact, names, folder, progress, _offline(offline), mirrors, in_cache=True)
+    return _into_folder(artifact, names, folder, progress, offline_mode(offline), mirrors, in_cache=True)
 
 
-def _offline(offline: bool | None) -> bool:
+def offline_mode(offline: bool | None = None) -> bool:
+    """``offline`` if given, else whether ``$FSD_OFFLINE`` says so (1/true/yes/on; 0/false/no/off/unset)."""
     if offline is not None:
         return bool(offline)
     value = os.environ.get("FSD_OFFLINE", "").strip().lower()
@@ -500,6 +501,18 @@ def _check_kept(path: Path, file: RemoteFile, artifact: Artifact, write_stamp: b
              "check and is used. If you did not replace it on purpose, delete it and download it again")
     if write_stamp:
         _write_stamp(path, sha)
+    return sha
+
+
+def check_file(artifact: Artifact, path: str | os.PathLike[str], name: str | None = None) -> str:
+    """Check ``path`` in full as the artifact's file ``name`` (default: the file's own name): size, pins and
+    structure, hashing it whatever its stamp says. Raises `WeightsError`; on success records the stamp
+    (where the folder is writable) and returns the sha256."""
+    path = Path(path)
+    file = artifact.file(path.name if name is None else name)
+    sha = sha256_of(path)
+    _check(path, file, artifact, sha)
+    _write_stamp(path, sha)
     return sha
 
 
