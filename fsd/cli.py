@@ -166,6 +166,7 @@ def cli() -> None:
       fsd report REAL.npz FAKE.npz       per-class report and figure from saved statistics
       fsd compare REAL FAKE_A FAKE_B     several models against one real set, with paired intervals
       fsd sample SPEC OUT_DIR -n N       write N samples of a generator as PNG files
+      fsd weights download --to DIR      fetch the model files ahead of time (clusters, outages)
 
     \b
     Under torchrun (torchrun --nproc_per_node 4 -m fsd REAL FAKE) the work is shared by the processes

@@ -466,3 +466,18 @@ def test_offline_with_a_complete_folder_works_and_an_incomplete_one_names_the_mi
     assert len(server.requests) == asked
     with pytest.raises(WeightsError, match=f"lacks 1 file of seeing-baselines: {CHURCH}"):
         fsd.load_baseline("lsun_church", weights_dir=store, progress=False)
+
+
+def test_a_downloaded_folder_served_as_is_is_a_mirror(store, env, tmp_path, monkeypatch):
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(store))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    with serving(httpd):
+        monkeypatch.setenv("FSD_MIRRORS", f"http://127.0.0.1:{httpd.server_address[1]}")
+        monkeypatch.setenv("FSD_WEIGHTS_DIR", str(tmp_path / "copy"))  # download without --to fills it
+        result = run("weights", "download", "lsun_church", "lsun_bedroom", "proggan:church", "encoder:church")
+    assert result.exit_code == 0, result.output
+    copied = sorted(p.relative_to(tmp_path / "copy") for p in (tmp_path / "copy").rglob("*") if p.is_file()
+                    and not p.name.startswith("."))
+    assert copied == sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file() and not p.name.startswith("."))
+    assert all(sha(tmp_path / "copy" / p) == sha(store / p) for p in copied)
