@@ -48,6 +48,7 @@ from .rows import Rows  # noqa: E402
 from .shards import merge_stats  # noqa: E402
 from .stats import Stats, StatsMeta  # noqa: E402
 from .uncertainty import BootstrapSettings  # noqa: E402
+from . import weights  # noqa: E402 (fsd.weights.download / verify / where)
 
 
 def plot_omissions(*args, **kwargs):

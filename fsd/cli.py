@@ -20,6 +20,7 @@ import click
 from . import __version__
 from ._text import plural
 from .errors import FSDError, InputError
+from .weights_cli import weights_group
 
 
 SORT_CHOICES = ["real", "relative", "absolute", "significance"]
@@ -170,6 +171,7 @@ def cli() -> None:
       fsd report REAL.npz FAKE.npz       per-class report and figure from saved statistics
       fsd compare REAL FAKE_A FAKE_B     several models against one real set, with paired intervals
       fsd sample SPEC OUT_DIR -n N       write N samples of a generator as PNG files
+      fsd weights download --to DIR      fetch the model files ahead of time (clusters, outages)
 
     \b
     Under torchrun (torchrun --nproc_per_node 4 -m fsd REAL FAKE) the work is shared by the processes
@@ -787,6 +789,9 @@ def _print_result(result, as_json: bool, show_report: bool, top_k: int, sort: st
         from .report import plot_omissions, save_figure
 
         save_figure(plot_omissions(result, top_k=top_k, rule=rule, level=result.ci_level or 0.95), plot_path)
+
+
+cli.add_command(weights_group(run_guarded))
 
 
 def main() -> None:

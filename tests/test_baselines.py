@@ -145,7 +145,8 @@ def test_offline_or_unreachable_names_the_file_and_where_to_put_it(cache, server
 
 
 @pytest.mark.parametrize("body, message", [
-    (b"<html>not found</html>", "not a .npy"),
+    (b"<html>not found</html>", "the server sent an HTML page, not datasets_lsun_church"),
+    (b"\x93NUMPY broken", "not a .npy"),
     ("wrong_shape", r"shape \(4, 10\)"),
     ("not_whole_pixels", "whole pixels"),
 ])

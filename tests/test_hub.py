@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,9 +32,11 @@ PAYLOAD_B = b'{"object": ["-", "wall"]}'
 @dataclass
 class Server:
     base: str
-    # path -> ("ok", body) | ("404", b"") | ("truncate", body) | ("close", b"")
+    # path -> ("ok", body) | ("404", b"") | ("truncate", body) | ("close", b"") | ("html", body)
+    #         | ("stall", body): half the body, then nothing until ``release`` is set
     routes: dict[str, tuple[str, bytes]] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
@@ -44,11 +52,14 @@ def _handler(server: Server) -> type[http.server.BaseHTTPRequestHandler]:
                 self.send_error(404, "Not Found")
                 return
             self.send_response(200)
-            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Type", "text/html; charset=utf-8" if mode == "html" else "application/octet-stream")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body if mode == "ok" else body[: len(body) // 2])
-            if mode == "truncate":
+            self.wfile.write(body if mode in ("ok", "html") else body[: len(body) // 2])
+            if mode == "stall":
+                self.wfile.flush()
+                server.release.wait(timeout=60)
+            if mode in ("truncate", "stall"):
                 self.close_connection = True
 
         def log_message(self, format: str, *args: object) -> None:  # keep test output clean
@@ -64,6 +75,7 @@ def server() -> Iterator[Server]:
     state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
     with serving(httpd):
         yield state
+        state.release.set()
 
 
 @pytest.fixture
@@ -205,9 +217,9 @@ def test_sha256_prefix(server: Server, cache: Path) -> None:
 
 
 def test_min_bytes_rejects_small_error_page(server: Server, cache: Path) -> None:
-    server.routes["/html/weights.pth"] = ("ok", b"<html>moved</html>")
+    server.routes["/small/weights.pth"] = ("ok", b"moved")
     with pytest.raises(DownloadError, match="at least 1000"):
-        fetch_file(_art((server.base + "/html",), min_bytes=1000), "weights.pth", progress=False)
+        fetch_file(_art((server.base + "/small",), min_bytes=1000), "weights.pth", progress=False)
     assert list((cache / "toy-model").iterdir()) == []
 
 
@@ -448,7 +460,7 @@ def test_missing_file_in_weights_dir_names_it(tmp_path: Path, cache: Path, dead_
     with pytest.raises(WeightsError) as info:
         fetch(_art((dead_mirror,)), weights_dir=user, progress=False)
     message = str(info.value)
-    assert "lacks 1 file(s) of toy-model: weights.pth" in message
+    assert "lacks 1 file of toy-model: weights.pth" in message
     assert str(user / "toy-model") in message and f"{dead_mirror}/weights.pth" in message
     assert not cache.exists()
     with pytest.raises(WeightsError, match="does not exist"):
@@ -488,3 +500,103 @@ def test_declarations_are_validated(tmp_path: Path) -> None:
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+# ---- temporary files of interrupted downloads ------------------------------------------------------
+
+
+def _start_stalled_download(server: Server, cache: Path) -> tuple[subprocess.Popen, Path]:
+    """A separate process downloading weights.pth, stopped half-way; returns it and its .part file."""
+    server.routes["/slow/weights.pth"] = ("stall", PAYLOAD_A)
+    code = (
+        "from fsd.hub import Artifact, RemoteFile, fetch_file\n"
+        f"art = Artifact('toy-model', (RemoteFile('weights.pth'), RemoteFile('labels.json')), ({server.base + '/slow'!r},))\n"
+        "fetch_file(art, 'weights.pth', progress=False)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "FSD_CACHE_DIR": str(cache)})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        parts = list((cache / "toy-model").glob(".weights.pth.*.part"))
+        if parts and "/slow/weights.pth" in server.requests:  # the request is out: the file is locked
+            return proc, parts[0]
+        assert proc.poll() is None, "the download ended before it stalled"
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the download never started")
+
+
+def test_stale_part_of_a_killed_download_is_removed_by_the_next_fetch(server: Server, cache: Path) -> None:
+    proc, part = _start_stalled_download(server, cache)
+    proc.send_signal(signal.SIGKILL)  # no cleanup can run
+    proc.wait(timeout=30)
+    assert part.is_file()
+    good = _serve_both(server)
+    fetch_file(_art((good,)), "labels.json", progress=False)  # any fetch of the artifact cleans up
+    assert not part.exists()
+    assert sorted(p.name for p in (cache / "toy-model").iterdir()) == [".labels.json.verified", "labels.json"]
+
+
+def test_a_running_download_keeps_its_part(server: Server, cache: Path) -> None:
+    proc, part = _start_stalled_download(server, cache)
+    try:
+        good = _serve_both(server)
+        fetch_file(_art((good,)), "labels.json", progress=False)
+        assert part.is_file()  # locked by the live download: not stale
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert hub.remove_stale_parts(cache / "toy-model", _art((good,))) == [part]
+
+
+def test_sigterm_mid_download_removes_the_part_and_ends_the_process(server: Server, cache: Path) -> None:
+    proc, part = _start_stalled_download(server, cache)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == -signal.SIGTERM  # ended as SIGTERM ends it, only without the leftover
+    assert list((cache / "toy-model").iterdir()) == []
+
+
+def test_a_programs_own_sigterm_handler_is_left_in_charge(tmp_path: Path) -> None:
+    def own(signum: int, frame: object) -> None:
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        with hub._removed_on_termination(tmp_path / "x.part"):
+            assert signal.getsignal(signal.SIGTERM) is own
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with hub._removed_on_termination(tmp_path / "x.part"):
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# ---- what a bad mirror sends -----------------------------------------------------------------------
+
+
+def _upp_from(server: Server, prefix: str) -> Artifact:
+    from fsd.segmenters.weights import UPP_WEIGHTS
+
+    return dataclasses.replace(UPP_WEIGHTS, mirrors=(server.base + prefix,))
+
+
+@pytest.mark.parametrize("mode", ["html", "ok"])  # with Content-Type text/html, and an HTML body without it
+def test_an_html_page_for_labels_json_is_named_as_such(mode: str, server: Server, cache: Path) -> None:
+    page = b"<!DOCTYPE html>\n<html><body>Site under maintenance" + b" " * 2000 + b"</body></html>"
+    server.routes["/m/upp-resnet50-upernet/labels.json"] = (mode, page)
+    server.routes["/m/labels.json"] = (mode, page)
+    with pytest.raises(DownloadError) as info:
+        fetch_file(_upp_from(server, "/m"), "labels.json", progress=False)
+    message = str(info.value)
+    assert f"{server.base}/m/labels.json: the server sent an HTML page, not labels.json" in message
+    assert ".part" not in message and "delete it" not in message
+    assert list((cache / "upp-resnet50-upernet").iterdir()) == []
+
+
+def test_a_broken_answer_is_reported_by_its_url_not_a_temporary_file(server: Server, cache: Path) -> None:
+    server.routes["/m/labels.json"] = ("ok", b'{"object": [' + b" " * 2000)
+    with pytest.raises(DownloadError) as info:
+        fetch_file(_upp_from(server, "/m"), "labels.json", progress=False)
+    message = str(info.value)
+    assert f"cannot read {server.base}/m/labels.json as labels.json (JSONDecodeError" in message
+    assert ".part" not in message and "delete it and download" not in message

@@ -242,3 +242,36 @@ def test_from_pretrained_with_a_weights_folder(weights_root):
     assert seg.weights_id == "upp-resnet50-upernet/epoch_40"
     assert torch.equal(seg.encoder.conv1.weight, synthetic_upp_state_dicts(0)[0]["conv1.weight"])
     assert torch.equal(seg.decoder.object_head[1].bias, synthetic_upp_state_dicts(0)[1]["object_head.1.bias"])
+
+
+def _imported_modules(module: str) -> set[str]:
+    """Every module ``module``'s source imports, at any depth (function-level imports included)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: resolve against the module's package
+                package = module.rsplit(".", node.level)[0]
+                base = f"{package}.{base}" if base else package
+            names.add(base)
+    return names
+
+
+def test_weights_declaration_and_segmenter_import_in_one_direction():
+    # upp loads what weights declares; weights (the declaration and its checks) never imports upp.
+    assert "fsd.segmenters.upp" not in _imported_modules("fsd.segmenters.weights")
+    assert "fsd.segmenters.weights" in _imported_modules("fsd.segmenters.upp")
+    import subprocess
+    import sys
+
+    for first in ("fsd.segmenters.weights", "fsd.segmenters.upp"):
+        code = (f"import {first}; import fsd.segmenters.upp as u, fsd.segmenters.weights as w; "
+                "assert u.UPP_WEIGHTS is w.UPP_WEIGHTS and u.read_labels is w.read_labels")
+        subprocess.run([sys.executable, "-c", code], check=True)

@@ -23,7 +23,6 @@ torch.Size([8, 336])
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Iterator, Mapping
@@ -43,13 +42,20 @@ from fsd.segmenters.upernet import (
     UPerNetDecoder,
     load_state_dict_checked,
 )
+from fsd.hub import fetch
+# The declared files and their checks live with the declaration; the segmenter only loads them.
+from fsd.segmenters.weights import (  # noqa: F401 (file names and label checks, re-exported)
+    DECODER_FILE,
+    ENCODER_FILE,
+    LABEL_KEYS,
+    LABELS_FILE,
+    UPP_NAME,
+    UPP_WEIGHTS,
+    read_labels,
+    validate_labels,
+)
 
-UPP_NAME = "upp-resnet50-upernet"
 UPP_WEIGHTS_ID = "upp-resnet50-upernet/epoch_40"
-ENCODER_FILE = "encoder_epoch_40.pth"
-DECODER_FILE = "decoder_epoch_40.pth"
-LABELS_FILE = "labels.json"
-LABEL_KEYS = ("object", "material", "scene", "part", "object_part")
 # The paper's code feeds Caffe-style input: BGR order, 0..255, these means subtracted, no std.
 BGR_MEANS = (102.9801, 115.9465, 122.7717)
 # Upsampled 336-channel logits cost 88 MB per image in float32; bound the batch of that step.
@@ -76,57 +82,6 @@ def default_device() -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def _string_list(labels: Mapping, key: str, source: str) -> list[str]:
-    value = labels[key]
-    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
-        raise WeightsError(f"{source}: {key!r} must be a list of class names (strings)")
-    return value
-
-
-def validate_labels(labels: object, heads: HeadSizes, source: str) -> dict:
-    """Check a labels.json dict against the decoder's head sizes; raise `WeightsError` naming the
-    key that does not fit. Returns ``labels`` unchanged."""
-    if not isinstance(labels, Mapping):
-        raise WeightsError(f"{source}: must hold a JSON object, got {type(labels).__name__}")
-    for key in LABEL_KEYS:
-        if key not in labels:
-            raise WeightsError(f"{source}: key {key!r} is missing (expected keys {list(LABEL_KEYS)})")
-    objects = _string_list(labels, "object", source)
-    _string_list(labels, "part", source)
-    for key, size in (("object", heads.object), ("material", heads.material), ("scene", heads.scene)):
-        found = len(_string_list(labels, key, source))
-        if found != size:
-            raise WeightsError(f"{source}: {key!r} lists {found} names, the {key} head has {size} outputs")
-    object_part = labels["object_part"]
-    if not isinstance(object_part, Mapping):
-        raise WeightsError(f"{source}: 'object_part' must map object names to lists of part names")
-    known = set(objects)
-    total = 0
-    for owner, parts in object_part.items():
-        if owner not in known:
-            raise WeightsError(f"{source}: 'object_part' owner {owner!r} is not in 'object'")
-        if not isinstance(parts, list) or not all(isinstance(part, str) for part in parts):
-            raise WeightsError(f"{source}: 'object_part'[{owner!r}] must be a list of part names")
-        total += len(parts)
-    if total != heads.part:
-        raise WeightsError(
-            f"{source}: the 'object_part' lists hold {total} names in all, the part head has {heads.part} outputs"
-        )
-    return dict(labels)
-
-
-def read_labels(path: Path | str, heads: HeadSizes = HeadSizes()) -> dict:
-    """Read and validate labels.json; every failure is a `WeightsError` naming the file."""
-    path = Path(path)
-    try:
-        labels = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(
-            f"cannot read {path} ({type(exc).__name__}: {exc}); delete it and download it again"
-        ) from exc
-    return validate_labels(labels, heads, str(path))
 
 
 def _fp32_precision_leaves() -> list[object] | None:
@@ -421,10 +376,6 @@ class UPPSegmenter:
         precision: Precision = "float32",
     ) -> UPPSegmenter:
         """Fetch the published files (or find them in ``weights_dir``) and load them."""
-        # Imported here because fsd.segmenters.weights imports this module (labels checks).
-        from fsd.hub import fetch
-        from fsd.segmenters.weights import UPP_WEIGHTS
-
         folder = fetch(UPP_WEIGHTS, weights_dir=weights_dir, progress=progress)
         return cls.from_folder(folder, device=device, weights_id=UPP_WEIGHTS_ID, precision=precision)
 
