@@ -12,7 +12,8 @@ large positive difference is something the generator could not draw in that phot
   percentage points (1 by default); label 0 (no prediction) is never ranked.
 - `omissions_from_labels`: the report from label maps (any segmenter, or hand-made maps).
 - `invert_photos`: photos -> inversion -> segmentation, one `PhotoInversion` per photo.
-- `invert_folder`: all of it, written to an output folder:
+- `invert_folder`: all of it, written to an output folder, drawn with `fsd.invert.pictures`, and
+  `html_page` the folder's ``index.html``:
 
   ==================================  ===============================================================
   ``DIR/reconstructions/<name>.png``  the reconstruction G_f(r*), at the generator's resolution
@@ -47,6 +48,7 @@ Example (hand-made label maps with classes 0 "-", 1 "sky", 2 "person")::
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
@@ -54,9 +56,10 @@ import os
 import re
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -68,6 +71,7 @@ from fsd._io import atomic_write_bytes, prepare_output_folder
 from fsd.errors import ImageReadError, InputError
 from fsd.generators import images_to_uint8, prepare_images
 from fsd.invert.inversion import InversionConfig, invert_layer, vgg16_relu4_2
+from fsd.invert.pictures import contact_sheet, panel, thumbnail
 from fsd.invert.split import PROGGAN_SPLIT, LayerSplit
 from fsd.segmenters.base import Preprocessing, Segmenter, class_percentages
 from fsd.sources import MapSource, open_source
@@ -85,6 +89,7 @@ __all__ = [
     "OmissionFolder",
     "invert_folder",
     "output_names",
+    "html_page",
 ]
 
 DEFAULT_MIN_LOSS = 1.0
@@ -635,6 +640,103 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
+_STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #141414; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+td.name, th.name { text-align: left; }
+.photo { display: inline-block; vertical-align: top; margin: 0 1.5em 2em 0; max-width: 540px; }
+.photo img { max-width: 100%; }
+.id { color: #666; font-size: 85%; word-break: break-all; }
+"""
+
+
+def _link(path: str) -> str:
+    return html.escape(quote(path), quote=True)
+
+
+def html_page(
+    report: OmissionReport,
+    names: Sequence[str],
+    *,
+    rankings: Mapping[int, str] | None = None,
+    title: str = "What the generator could not reconstruct",
+    legend_classes: int = 8,
+    table_rows: int = 30,
+) -> str:
+    """``index.html`` of an output folder: every link is relative to it (see `fsd.invert.omissions`).
+
+    ``names``: each photo's output name (``panels/<name>.png`` ...); ``rankings``: class index ->
+    ranking CSV file name, for the classes to rank the photos by.
+    """
+    if len(names) != report.n:
+        raise InputError(f"got {len(names)} names for {report.n} photos")
+    rankings = dict(rankings or {})
+    esc = html.escape
+    anchor = {ident: f"photo-{name}" for ident, name in zip(report.ids, names)}
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>{report.n} photos. Each photo was inverted through the generator; the photo and its "
+        "reconstruction were segmented, and a class counts as <em>lost</em> in a photo when the "
+        f"reconstruction holds at least {report.min_loss:g} percentage points less of it. "
+        "Losses are in percentage points of the image area.</p>",
+        '<p>Tables: <a href="omissions.csv">omissions.csv</a> (per class), '
+        '<a href="omissions_by_photo.csv">omissions_by_photo.csv</a> (per photo and class), '
+        '<a href="omissions.json">omissions.json</a>. '
+        '<a href="contact_sheet.png">Contact sheet</a>.</p>',
+        "<h2>Classes lost most often</h2>",
+    ]
+    rows = [r for r in report.classes() if r.photos_lost > 0][:table_rows]
+    if rows:
+        parts.append(
+            '<table><tr><th>#</th><th class="name">class</th><th>lost in</th><th>mean loss</th>'
+            "<th>max loss</th><th>photo %</th><th>reconstruction %</th></tr>"
+        )
+        for rank, row in enumerate(rows, start=1):
+            name = esc(row.name)
+            if row.index in rankings:
+                name = f'<a href="#ranking-{row.index}">{name}</a>'
+            parts.append(
+                f'<tr><td>{rank}</td><td class="name">{name}</td><td>{row.photos_lost} / {report.n}</td>'
+                f"<td>{row.mean_loss_when_lost:.2f}</td><td>{row.max_loss:.2f}</td>"
+                f"<td>{row.mean_real:.2f}</td><td>{row.mean_reconstruction:.2f}</td></tr>"
+            )
+        parts.append("</table>")
+    else:
+        parts.append(f"<p>No class was lost by {report.min_loss:g} percentage points or more.</p>")
+
+    for c, file_name in rankings.items():
+        parts.append(f'<h2 id="ranking-{c}">Photos ranked by lost {esc(report.class_names[c])}</h2>')
+        parts.append(f'<p><a href="{_link(file_name)}">{esc(file_name)}</a></p><ol>')
+        for rank in report.photos_by_class(c):
+            parts.append(
+                f'<li><a href="#{_link(anchor[rank.photo])}">{esc(names[report.ids.index(rank.photo)])}</a>: '
+                f"{rank.real:.2f}% in the photo, {rank.reconstruction:.2f}% in the reconstruction "
+                f"({rank.difference:+.2f})</li>"
+            )
+        parts.append("</ol>")
+
+    parts.append("<h2>Photos</h2>")
+    for k, (ident, name) in enumerate(zip(report.ids, names)):
+        lost = report.lost_in(k, top_k=legend_classes)
+        lost_text = ", ".join(f"{esc(c.label)} ({c.difference:.1f})" for c in lost) or "nothing"
+        panel_path = f"panels/{name}.png"
+        parts.append(
+            f'<div class="photo" id="{esc(anchor[ident], quote=True)}"><h3>{esc(name)}</h3>'
+            f'<div class="id">{esc(ident)}</div>'
+            f'<a href="{_link(panel_path)}"><img src="{_link(panel_path)}" alt="{esc(name, quote=True)}" '
+            'loading="lazy"></a>'
+            f"<p>Lost: {lost_text}</p>"
+            f'<p><a href="{_link(f"reconstructions/{name}.png")}">reconstruction</a> &middot; '
+            f'<a href="{_link(f"encoder_only/{name}.png")}">encoder only</a></p></div>'
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
 def invert_folder(
     photos: object,
     out_dir: str | os.PathLike[str],
@@ -658,8 +760,6 @@ def invert_folder(
     Arguments as `invert_photos`; ``options`` shapes the report; ``overwrite`` allows writing
     into a folder that already holds files. Returns the report and the paths written.
     """
-    from fsd.invert import pictures
-
     out = Path(out_dir)
     class_names = tuple(segmenter.class_names)
     rank_classes = [find_class(class_names, c) for c in options.rank_by]  # fail before hours of inversion
@@ -684,13 +784,13 @@ def invert_folder(
         losses.append(item.loss)
         _save_png(item.generated, out / "reconstructions" / f"{name}.png")
         _save_png(item.encoder_only, out / "encoder_only" / f"{name}.png")
-        panel = pictures.panel(
+        drawn = panel(
             item.photo, item.reconstruction, item.photo_labels, item.reconstruction_labels, class_names,
             legend_classes=options.legend_classes, title=name,
         )
-        _save_png(np.asarray(panel), out / "panels" / f"{name}.png")
+        _save_png(np.asarray(drawn), out / "panels" / f"{name}.png")
         if len(thumbnails) < options.contact_sheet_photos:
-            thumbnails.append(pictures.thumbnail(panel))
+            thumbnails.append(thumbnail(drawn))
     if skipped:
         listing = "\n".join(f"  {ident}: {reason}" for ident, reason in skipped)
         warnings.warn(f"skipped {len(skipped)} unreadable photo(s):\n{listing}", stacklevel=2)
@@ -715,7 +815,7 @@ def invert_folder(
         report.write_ranking_csv(out / file_name, c, names)
         files[f"ranked_{c}"] = out / file_name
         rankings[c] = file_name
-    sheet = pictures.contact_sheet(thumbnails, names[: len(thumbnails)], columns=options.columns)
+    sheet = contact_sheet(thumbnails, names[: len(thumbnails)], columns=options.columns)
     _save_png(np.asarray(sheet), files["contact_sheet"])
 
     payload = report.to_dict(names)
@@ -736,9 +836,9 @@ def invert_folder(
     payload["rankings"] = {class_names[c]: file_name for c, file_name in rankings.items()}
     payload["skipped"] = [{"id": ident, "reason": reason} for ident, reason in skipped]
     atomic_write_bytes(files["json"], json.dumps(payload, indent=1, allow_nan=False).encode("utf-8"))
-    html = pictures.html_page(report, names, rankings=rankings, title=options.title,
+    page = html_page(report, names, rankings=rankings, title=options.title,
                               legend_classes=options.legend_classes)
-    atomic_write_bytes(files["html"], html.encode("utf-8"))
+    atomic_write_bytes(files["html"], page.encode("utf-8"))
     return OmissionFolder(report=report, names=names, files=files, skipped=skipped)
 
 
