@@ -12,6 +12,7 @@ from fsd.invert.inversion import (
     ImageNetNormalize,
     InversionConfig,
     ZInversionConfig,
+    check_layer_inversion,
     invert_layer,
     invert_z,
     learning_rate,
@@ -295,3 +296,17 @@ def test_a_split_without_offset_layers_is_refused():
         x = G(z)
     with pytest.raises(InputError, match="no offset layers"):
         invert_layer(G, x, z, split=LayerSplit("layer4", ()), features=nn.Identity(), progress=False)
+
+
+def test_check_layer_inversion_names_the_part_that_fails():
+    generator, features = tiny_generator(), tiny_features()
+    z, x = targets(generator, 2)
+    check_layer_inversion(generator, x, z, features=features, progress=False)  # fits: no error
+    with pytest.raises(InputError, match=r"the encoder \(start\) failed: RuntimeError"):
+        check_layer_inversion(generator, x, nn.Linear(5, 5), features=features, progress=False)
+    with pytest.raises(InputError, match="the feature network failed"):
+        check_layer_inversion(generator, x, z, features=nn.Conv2d(4, 4, 3), progress=False)
+    with pytest.raises(InputError, match="resize the images"):
+        check_layer_inversion(generator, x[:, :, :8, :8], z, features=features, progress=False)
+    with pytest.raises(InputError, match="no offset layers"):
+        check_layer_inversion(generator, x, z, split=LayerSplit("layer4", ()), features=features, progress=False)

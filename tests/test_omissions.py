@@ -16,6 +16,7 @@ from torch import nn
 
 from fsd.errors import ImageReadError, InputError
 from fsd.generators import prepare_images
+import fsd.invert.omissions as omissions_module
 from fsd.invert.inversion import InversionConfig
 from fsd.invert.omissions import (
     OmissionReport,
@@ -26,6 +27,7 @@ from fsd.invert.omissions import (
     output_names,
 )
 from fsd.invert.proggan import ProGAN
+from fsd.invert.split import LayerSplit
 from fsd.invert.train import encoder_for
 from fsd.segmenters.base import PAPER_PREPROCESSING
 from fsd.sources import FolderSource
@@ -165,7 +167,8 @@ def test_invert_photos_segments_each_photo_and_its_reconstruction(tmp_path):
     segmenter = ColorSegmenter()
     results = list(invert_photos(tmp_path / "photos", generator, encoder, segmenter, features=features,
                                  config=InversionConfig(steps=2), batch_size=2, progress=False))
-    assert segmenter.calls == 4  # two batches (2 + 1 photos), photo and reconstruction each
+    # one check on the first photo, then two batches (2 + 1 photos), photo and reconstruction each
+    assert segmenter.calls == 1 + 4
     source = FolderSource(tmp_path / "photos")
     assert [r.id for r in results] == source.paths
     for k, item in enumerate(results):
@@ -254,3 +257,76 @@ def test_invert_folder_writes_the_report(tmp_path):
     with pytest.raises(InputError, match="already holds files"):
         invert_folder(tmp_path / "photos", out, options=options, **common)
     invert_folder(tmp_path / "photos", out, options=options, overwrite=True, **common)
+
+
+# -- every check before the first inversion step --------------------------------------------------
+
+def counting_inversions(monkeypatch) -> list[int]:
+    """Patch the inversion the pipeline calls; the list grows by one per inverted batch."""
+    calls: list[int] = []
+    real = omissions_module.invert_layer
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(omissions_module, "invert_layer", counted)
+    return calls
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n not really a PNG"], ids=["empty", "corrupt"])
+def test_a_bad_last_photo_fails_before_any_inversion_step(tmp_path, monkeypatch, content):
+    write_folder(tmp_path / "photos", 2, seed=0)
+    (tmp_path / "photos" / "zz_last.png").write_bytes(content)  # listed last
+    calls = counting_inversions(monkeypatch)
+    generator, encoder, features = tiny_setup()
+    out = tmp_path / "out"
+    with pytest.raises(ImageReadError, match="zz_last.png"):
+        invert_folder(tmp_path / "photos", out, generator=generator, start=encoder, segmenter=ColorSegmenter(),
+                      features=features, config=InversionConfig(steps=1), batch_size=1, progress=False)
+    assert calls == [] and not out.exists()
+    with pytest.raises(ImageReadError, match="zz_last.png"):
+        invert_photos(tmp_path / "photos", generator, encoder, ColorSegmenter(), features=features,
+                      batch_size=1, progress=False)  # at the call, not at the first next()
+    assert calls == []
+
+
+def test_skipped_photos_are_known_before_the_run(tmp_path, monkeypatch):
+    write_folder(tmp_path / "photos", 2, seed=0)
+    (tmp_path / "photos" / "zz_last.png").write_bytes(b"")
+    generator, encoder, features = tiny_setup()
+    skipped: list = []
+    inversions = invert_photos(tmp_path / "photos", generator, encoder, ColorSegmenter(), features=features,
+                               config=InversionConfig(steps=0), skip_bad_images=True, skipped=skipped,
+                               progress=False)
+    assert [Path(ident).name for ident, _ in skipped] == ["zz_last.png"]
+    assert len(list(inversions)) == 2
+    (tmp_path / "photos" / "img_000.jpg").write_bytes(b"")
+    (tmp_path / "photos" / "img_001.png").write_bytes(b"")
+    with pytest.raises(InputError, match="no readable photos"):
+        invert_folder(tmp_path / "photos", tmp_path / "out", generator=generator, start=encoder,
+                      segmenter=ColorSegmenter(), features=features, skip_bad_images=True, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_generator_that_fails_on_its_first_call_leaves_nothing_behind(tmp_path, monkeypatch):
+    write_folder(tmp_path / "photos", 2, seed=0)
+    generator, encoder, features = tiny_setup()
+    torch.manual_seed(0)
+    other = ProGAN([8, 8, 8, 8, 4, 4, 4, 4], z_dim=12).eval()  # the encoder gives 16 numbers per photo
+    calls = counting_inversions(monkeypatch)
+    out = tmp_path / "out"
+    common = dict(start=encoder, segmenter=ColorSegmenter(), features=features, config=InversionConfig(steps=1),
+                  progress=False)
+    with pytest.raises(InputError, match=r"img_000.jpg: the generator \(split after 'layer4'\): latents must have shape"):
+        invert_folder(tmp_path / "photos", out, generator=other, **common)
+    with pytest.raises(InputError, match="layer named 'block9'"):
+        invert_folder(tmp_path / "photos", out, generator=generator, split=LayerSplit("block9", ("layer1",)),
+                      **common)
+    assert calls == [] and not out.exists()
+    (out / "reconstructions").mkdir(parents=True)  # empty folders, as an interrupted run may leave
+    (out / "panels" / "deeper").mkdir(parents=True)
+    result = invert_folder(tmp_path / "photos", out, generator=generator, **common)  # no overwrite needed
+    assert result.names == ["img_000", "img_001"] and calls == [1]
+    with pytest.raises(InputError, match="already holds files"):
+        invert_folder(tmp_path / "photos", out, generator=generator, **common)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from fsd._io import check_output_folder
 from fsd.cli import DefaultCommandGroup, run_guarded
 from fsd.errors import InputError, WeightsError
 
@@ -171,13 +172,6 @@ def _load_start(encoder_path: str | None, published: str | None, weights_dir, pr
     return encoder(published, weights_dir=weights_dir, progress=progress)
 
 
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError(f"--out {out_dir} already holds files; choose an empty or new folder, or pass --overwrite")
-
-
 @cli.command("invert")
 @click.argument("photos", type=click.Path(exists=True))
 @_generator_option
@@ -223,7 +217,7 @@ def invert_command(photos, generator_spec, out_dir, encoder_path, steps, lr, bat
         config = InversionConfig(steps=steps, lr=lr, imagenet_normalization=imagenet_normalization,
                                  feature_weight=0.0 if features_spec == "none" else 1.0,
                                  snapshot_steps=())
-        _check_out_dir(Path(out_dir), overwrite)  # before hours of work, not after
+        check_output_folder(out_dir, overwrite=overwrite)  # before the models load; created only once all is checked
         published = _published_encoder_name(encoder_path, generator_spec)
         run_device = _device(device)
         generator = _load_generator(generator_spec, run_device, weights_dir, progress)

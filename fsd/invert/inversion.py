@@ -52,6 +52,7 @@ __all__ = [
     "vgg16_relu4_2",
     "ImageNetNormalize",
     "invert_layer",
+    "check_layer_inversion",
     "invert_z",
 ]
 
@@ -249,6 +250,70 @@ def _feature_network(
     return nn.Sequential(ImageNetNormalize(), network) if imagenet_normalization else network
 
 
+def _check_offset_layers(split: LayerSplit) -> None:
+    if not split.offset_layers:
+        raise InputError(
+            f"the split after {split.split_after!r} names no offset layers, so layer inversion has nothing to "
+            "optimize: give LayerSplit(..., offset_layers=(...)), or use invert_z for a latent-only inversion"
+        )
+
+
+def _calling(what: str, call: Callable[[], object]) -> object:
+    """``call()``, its failure an `InputError` that says which part failed (out of memory stays itself)."""
+    try:
+        return call()
+    except torch.OutOfMemoryError:
+        raise
+    except InputError as error:
+        raise InputError(f"{what}: {error}") from error
+    except Exception as error:
+        raise InputError(f"{what} failed: {type(error).__name__}: {error}") from error
+
+
+def check_layer_inversion(
+    generator: nn.Module,
+    images: torch.Tensor,
+    start: Start,
+    *,
+    split: LayerSplit = PROGGAN_SPLIT,
+    features: nn.Module | None = None,
+    config: InversionConfig = InversionConfig(),
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> None:
+    """Step 0 of `invert_layer` without optimizing: each network is called once and the shapes checked.
+
+    Arguments as `invert_layer`. Raises `InputError` naming the part that failed (the split, the
+    encoder, the generator, the feature network), so a long run can check its inputs before its
+    first step (`fsd.invert.invert_folder` checks the first photo before it writes anything).
+    """
+    images = _check_images(images)
+    _check_offset_layers(split)
+    splitter = SplitGenerator(generator, split)
+    feature_net = _feature_network(features, config.imagenet_normalization, progress)
+    modules = [generator, feature_net] + ([start] if isinstance(start, nn.Module) else [])
+    run_device, dtype = _placement(generator, device)
+    for module in modules:
+        module.to(run_device)
+    with _frozen(modules), torch.no_grad():
+        x = images.detach().to(device=run_device, dtype=dtype)
+        z0 = _calling("the encoder (start)", lambda: _start_latents(start, x, run_device, dtype))
+
+        def generate() -> torch.Tensor:
+            return splitter(z0, splitter.zero_offsets(z0))[1]
+
+        reconstruction = _calling(f"the generator (split after {split.split_after!r})", generate)
+        if not isinstance(reconstruction, torch.Tensor) or reconstruction.shape != x.shape:
+            shape = tuple(reconstruction.shape) if isinstance(reconstruction, torch.Tensor) else type(reconstruction)
+            raise InputError(
+                f"the generator makes images of shape {shape}, but the targets have shape {tuple(x.shape)}; "
+                "resize the images to the generator's resolution"
+            )
+        target, made = _calling("the feature network", lambda: (feature_net(x), feature_net(reconstruction)))
+        if not isinstance(target, torch.Tensor) or target.shape != made.shape:
+            raise InputError("the feature network must return one tensor per image, of one shape for both images")
+
+
 def _per_image_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).abs().flatten(1).mean(dim=1)
 
@@ -274,11 +339,7 @@ def invert_layer(
     in eval mode; their training flags and ``requires_grad`` are restored afterwards.
     """
     images = _check_images(images)
-    if not split.offset_layers:
-        raise InputError(
-            f"the split after {split.split_after!r} names no offset layers, so layer inversion has nothing to "
-            "optimize: give LayerSplit(..., offset_layers=(...)), or use invert_z for a latent-only inversion"
-        )
+    _check_offset_layers(split)
     feature_net = _feature_network(features, config.imagenet_normalization, progress)
     modules = [generator, feature_net] + ([start] if isinstance(start, nn.Module) else [])
     run_device, dtype = _placement(generator, device)

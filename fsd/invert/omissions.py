@@ -55,7 +55,6 @@ import math
 import os
 import re
 import sys
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,12 +66,13 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from fsd._io import atomic_write_bytes, prepare_output_folder
+from fsd._text import plural, warn
+from fsd._io import atomic_write_bytes, check_output_folder, prepare_output_folder
 from fsd.errors import ImageReadError, InputError
 from fsd.generators import images_to_uint8, prepare_images
-from fsd.invert.inversion import InversionConfig, invert_layer, vgg16_relu4_2
+from fsd.invert.inversion import InversionConfig, _calling, check_layer_inversion, invert_layer, vgg16_relu4_2
 from fsd.invert.pictures import contact_sheet, panel, thumbnail
-from fsd.invert.split import PROGGAN_SPLIT, LayerSplit
+from fsd.invert.split import PROGGAN_SPLIT, LayerSplit, SplitGenerator
 from fsd.segmenters.base import Preprocessing, Segmenter, class_percentages
 from fsd.sources import MapSource, open_source
 
@@ -499,9 +499,50 @@ def invert_photos(
     -> latents). ``features``: the perceptual network (default torchvision's VGG16 to relu4_2,
     loaded once). ``resolution``: the generator's output size, when neither the generator
     (``resolution`` attribute) nor the encoder tells it; default: the segmenter's size.
+
+    Everything is checked when this is called, before the first inversion step: every photo is
+    opened, and the encoder, generator, split, feature network and segmenter run once on the first
+    photo (`fsd.invert.inversion.check_layer_inversion`); the returned iterator then does the work.
     Unreadable photos raise `ImageReadError`, or with ``skip_bad_images`` are appended to
     ``skipped`` as ``(identity, reason)`` and left out.
     """
+    plan = _plan_inversions(photos, generator, start, segmenter, split=split, features=features, config=config,
+                            batch_size=batch_size, device=device, resolution=resolution,
+                            skip_bad_images=skip_bad_images, progress=progress)
+    if skipped is not None:
+        skipped.extend(plan.skipped)
+    return _run_inversions(plan, generator, start, segmenter, split=split, config=config, device=device,
+                           progress=progress)
+
+
+@dataclass
+class _Plan:
+    """What the checks before an inversion run found: the photos to invert and how to read them."""
+
+    source: MapSource
+    indices: list[int]
+    skipped: list[tuple[str, str]]
+    segmenter_input: Preprocessing
+    generator_input: Preprocessing
+    features: nn.Module
+    batch_size: int
+
+
+def _plan_inversions(
+    photos: object,
+    generator: nn.Module,
+    start: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    segmenter: Segmenter,
+    *,
+    split: LayerSplit,
+    features: nn.Module | None,
+    config: InversionConfig,
+    batch_size: int,
+    device: str | torch.device | None,
+    resolution: int | None,
+    skip_bad_images: bool,
+    progress: bool,
+) -> _Plan:
     source = open_source(photos)
     if not isinstance(source, MapSource):
         raise InputError("saved statistics hold no photos; pass a folder of photos")
@@ -512,31 +553,69 @@ def invert_photos(
     seg_prep = segmenter.preprocessing
     size = resolution or _generator_resolution(generator, start) or seg_prep.size
     gen_prep = Preprocessing("rgb", size, seg_prep.resample)
+    SplitGenerator(generator, split)  # layer names, before the photos are read
+    indices, skipped = _readable_photos(source, seg_prep, skip_bad_images, progress)
+    if not indices:
+        raise InputError(f"no readable photos in {source.description or photos}: nothing to invert")
     if features is None:
         features = vgg16_relu4_2(progress=progress)
-    skipped = skipped if skipped is not None else []
-    bar = tqdm(total=len(source), desc="photos", unit="photo", file=sys.stderr, disable=not progress)
+    first = indices[0]
+    ident = source.identity(first)
+    x = torch.from_numpy(np.ascontiguousarray(source.read(first, gen_prep)))[None].to(torch.float32) / 127.5 - 1
     try:
-        for first in range(0, len(source), batch_size):
-            ids, seen, inputs = [], [], []
-            for index in range(first, min(first + batch_size, len(source))):
-                try:
-                    as_segmented = source.read(index, seg_prep)
-                    as_input = as_segmented if gen_prep == seg_prep else source.read(index, gen_prep)
-                except ImageReadError as error:
-                    if not skip_bad_images:
-                        raise
-                    skipped.append((source.identity(index), error.reason))
-                    continue
-                ids.append(source.identity(index))
-                seen.append(torch.from_numpy(as_segmented))
-                inputs.append(torch.from_numpy(np.ascontiguousarray(as_input)))
-            if not ids:
-                bar.update(min(first + batch_size, len(source)) - first)
-                continue
+        check_layer_inversion(generator, x, start, split=split, features=features, config=config, device=device,
+                              progress=progress)
+    except InputError as error:
+        raise InputError(f"inverting the first photo {ident}: {error}") from error
+    photo = torch.from_numpy(np.ascontiguousarray(source.read(first, seg_prep)))[None]
+    labels = _calling(f"the segmenter, on {ident}", lambda: segmenter.segment(photo.to(segmenter.device)))
+    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (1, seg_prep.size, seg_prep.size):
+        raise InputError(f"the segmenter must return label maps (N, {seg_prep.size}, {seg_prep.size}), "
+                         f"got {getattr(labels, 'shape', type(labels).__name__)}")
+    return _Plan(source, indices, skipped, seg_prep, gen_prep, features, batch_size)
+
+
+def _readable_photos(
+    source: MapSource, preprocessing: Preprocessing, skip_bad_images: bool, progress: bool
+) -> tuple[list[int], list[tuple[str, str]]]:
+    """Open every photo before any inversion (a broken last photo must not cost the run's hours)."""
+    indices, skipped = [], []
+    for index in tqdm(range(len(source)), desc="checking photos", unit="photo", file=sys.stderr,
+                      disable=not progress, leave=False):
+        try:
+            source.read(index, preprocessing)
+        except ImageReadError as error:
+            if not skip_bad_images:
+                raise
+            skipped.append((source.identity(index), error.reason))
+            continue
+        indices.append(index)
+    return indices, skipped
+
+
+def _run_inversions(
+    plan: _Plan,
+    generator: nn.Module,
+    start: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    segmenter: Segmenter,
+    *,
+    split: LayerSplit,
+    config: InversionConfig,
+    device: str | torch.device | None,
+    progress: bool,
+) -> Iterator[PhotoInversion]:
+    source, seg_prep, gen_prep = plan.source, plan.segmenter_input, plan.generator_input
+    bar = tqdm(total=len(plan.indices), desc="photos", unit="photo", file=sys.stderr, disable=not progress)
+    try:
+        for first in range(0, len(plan.indices), plan.batch_size):
+            batch = plan.indices[first:first + plan.batch_size]
+            ids = [source.identity(index) for index in batch]
+            seen = [torch.from_numpy(source.read(index, seg_prep)) for index in batch]
+            inputs = seen if gen_prep == seg_prep else [
+                torch.from_numpy(np.ascontiguousarray(source.read(index, gen_prep))) for index in batch]
             real_uint8 = torch.stack(seen)
             x = torch.stack(inputs).to(torch.float32) / 127.5 - 1
-            result = invert_layer(generator, x, start, split=split, features=features, config=config,
+            result = invert_layer(generator, x, start, split=split, features=plan.features, config=config,
                                   device=device, progress=progress)
             generated = images_to_uint8(result.reconstruction, (-1.0, 1.0), "the reconstruction")
             encoder_only = images_to_uint8(result.initial_reconstruction, (-1.0, 1.0),
@@ -563,7 +642,7 @@ def invert_photos(
                     reconstructed=recon_pct[k],
                     loss=(float(result.losses.total[0, k]), float(result.losses.total[-1, k])),
                 )
-            bar.update(min(first + batch_size, len(source)) - first)
+            bar.update(len(batch))
     finally:
         bar.close()
 
@@ -760,9 +839,17 @@ def invert_folder(
     Arguments as `invert_photos`; ``options`` shapes the report; ``overwrite`` allows writing
     into a folder that already holds files. Returns the report and the paths written.
     """
-    out = Path(out_dir)
+    # Every check before the first inversion step, and the output folder made only once they all pass.
+    out = check_output_folder(out_dir, overwrite=overwrite)
     class_names = tuple(segmenter.class_names)
-    rank_classes = [find_class(class_names, c) for c in options.rank_by]  # fail before hours of inversion
+    rank_classes = [find_class(class_names, c) for c in options.rank_by]
+    skipped: list[tuple[str, str]] = []
+    inversions = invert_photos(photos, generator, start, segmenter, split=split, features=features,
+                               config=config, batch_size=batch_size, device=device, resolution=resolution,
+                               skip_bad_images=skip_bad_images, skipped=skipped, progress=progress)
+    if skipped:
+        listing = "\n".join(f"  {ident}: {reason}" for ident, reason in skipped)
+        warn(f"skipping {plural(len(skipped), 'unreadable photo')}:\n{listing}")
     _prepare_out_dir(out, overwrite)
 
     ids: list[str] = []
@@ -772,10 +859,7 @@ def invert_folder(
     thumbnails: list[Image.Image] = []
     used_names: set[str] = set()
     names: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    for item in invert_photos(photos, generator, start, segmenter, split=split, features=features,
-                              config=config, batch_size=batch_size, device=device, resolution=resolution,
-                              skip_bad_images=skip_bad_images, skipped=skipped, progress=progress):
+    for item in inversions:
         name = _unique(output_names([item.id])[0], used_names)
         names.append(name)
         ids.append(item.id)
@@ -791,11 +875,6 @@ def invert_folder(
         _save_png(np.asarray(drawn), out / "panels" / f"{name}.png")
         if len(thumbnails) < options.contact_sheet_photos:
             thumbnails.append(thumbnail(drawn))
-    if skipped:
-        listing = "\n".join(f"  {ident}: {reason}" for ident, reason in skipped)
-        warnings.warn(f"skipped {len(skipped)} unreadable photo(s):\n{listing}", stacklevel=2)
-    if not ids:
-        raise InputError("no readable photos: nothing was inverted")
 
     count = len(class_names)
     report = OmissionReport(tuple(ids), class_names, np.stack(real_rows).reshape(-1, count),
