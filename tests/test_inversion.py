@@ -13,6 +13,7 @@ from fsd.invert.inversion import (
     InversionConfig,
     ZInversionConfig,
     check_layer_inversion,
+    feature_network,
     invert_layer,
     invert_z,
     learning_rate,
@@ -310,3 +311,26 @@ def test_check_layer_inversion_names_the_part_that_fails():
         check_layer_inversion(generator, x[:, :, :8, :8], z, features=features, progress=False)
     with pytest.raises(InputError, match="no offset layers"):
         check_layer_inversion(generator, x, z, split=LayerSplit("layer4", ()), features=features, progress=False)
+
+
+def test_features_none_is_the_pixel_loss_alone():
+    generator = tiny_generator()
+    z, x = targets(generator, 2)
+    z0 = perturbed(z)
+    config = InversionConfig(steps=3)
+    pixels = invert_layer(generator, x, z0, features="none", config=config, progress=False)
+    assert np.all(pixels.losses.feature == 0)
+    np.testing.assert_allclose(pixels.losses.total, pixels.losses.pixel + pixels.losses.offset, rtol=1e-6)
+    same = invert_layer(generator, x, z0, features=nn.Identity(), progress=False,
+                        config=InversionConfig(steps=3, feature_weight=0.0))
+    np.testing.assert_array_equal(pixels.losses.total, same.losses.total)
+    assert feature_network("none") is None
+    lbfgs = invert_z(generator, x, z0, features="none", config=ZInversionConfig(iterations=2), progress=False)
+    assert lbfgs.losses[-1].max() <= lbfgs.losses[0].max()
+    with pytest.raises(InputError, match="ambiguous"):
+        invert_layer(generator, x, z0, features=None, config=config, progress=False)
+    with pytest.raises(InputError, match="'vgg16', 'none' or an nn.Module"):
+        invert_layer(generator, x, z0, features="vgg19", config=config, progress=False)
+    with pytest.raises(InputError, match="no feature network"):
+        invert_layer(generator, x, z0, features="none", progress=False,
+                     config=InversionConfig(steps=1, imagenet_normalization=True))

@@ -110,7 +110,11 @@ def test_invert_writes_every_promised_file(workspace):
         assert sum(float(r["real"]) for r in mine) == pytest.approx(100.0)
         assert sum(float(r["reconstruction"]) for r in mine) == pytest.approx(100.0)
     report = json.loads((out / "omissions.json").read_text())
-    assert report["settings"]["segmenter"] == "upp-resnet50-upernet" and report["settings"]["steps"] == 2
+    settings = report["settings"]
+    assert settings["segmenter"] == "upp-resnet50-upernet" and settings["steps"] == 2
+    assert settings["features"]["given_as"] == f"{root / 'nets.py'}:tiny_features"
+    assert settings["features"]["name"] == "module" and settings["generator"]["given_as"] == str(root / "generator.pth")
+    assert settings["encoder"]["given_as"] == str(root / "encoder.pth") and settings["paper"] is False
     assert [p["files"]["panel"] for p in report["photos"]] == [f"panels/{n}.png" for n in names]
     links = assert_page_links_exist(out / "index.html")
     assert {f"panels/{n}.png" for n in names} <= set(links)
@@ -162,6 +166,12 @@ def test_a_bad_generator_leaves_nothing_behind_and_a_retry_works(workspace):
     good = run([*base, "--generator", root / "generator.pth"])
     assert good.exit_code == 0, good.output
     assert sorted(p.name for p in (out / "panels").iterdir()) == ["img_000.png", "img_001.png", "img_002.png"]
+    settings = json.loads((out / "omissions.json").read_text())["settings"]
+    assert settings["features"] == {"given_as": "none", "name": "none",
+                                    "network": "none: the loss is pixels and offsets only"}
+    assert "features: none (the paper's: vgg16)" in settings["differs_from_paper"]
+    both = run([*base, "--generator", root / "generator.pth", "--imagenet-normalization", "--overwrite"])
+    assert both.exit_code == 2 and "--features none" in both.stderr
 
 
 def test_a_bad_last_photo_fails_before_the_output_exists(workspace, tmp_path):

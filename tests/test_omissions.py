@@ -21,6 +21,7 @@ from fsd.invert.inversion import InversionConfig
 from fsd.invert.omissions import (
     OmissionReport,
     ReportOptions,
+    describe_network,
     invert_folder,
     invert_photos,
     omissions_from_labels,
@@ -330,3 +331,34 @@ def test_a_generator_that_fails_on_its_first_call_leaves_nothing_behind(tmp_path
     assert result.names == ["img_000", "img_001"] and calls == [1]
     with pytest.raises(InputError, match="already holds files"):
         invert_folder(tmp_path / "photos", out, generator=generator, **common)
+
+
+def test_settings_tell_a_pixel_only_run_from_the_papers(tmp_path):
+    write_folder(tmp_path / "photos", 1, seed=0)
+    generator, encoder, features = tiny_setup()
+    common = dict(generator=generator, start=encoder, segmenter=ColorSegmenter(), config=InversionConfig(steps=1),
+                  progress=False)
+    invert_folder(tmp_path / "photos", tmp_path / "pixels", features="none",
+                  provenance={"generator": "tiny.py:G"}, **common)
+    settings = json.loads((tmp_path / "pixels" / "omissions.json").read_text())["settings"]
+    assert settings["paper"] is False and settings["features"]["name"] == "none"
+    assert settings["differs_from_paper"][:2] == ["features: none (the paper's: vgg16)",
+                                                  "steps: 1 (the paper's: 3000)"]
+    assert settings["normalization"] == "none" and settings["loss_weights"] == {"pixel": 1.0, "feature": 1.0,
+                                                                                 "offset": 1.0}
+    assert settings["generator"]["given_as"] == "tiny.py:G"
+    assert settings["generator"]["class"] == "fsd.invert.proggan.ProGAN"
+    assert settings["generator"]["parameters"] == sum(p.numel() for p in generator.parameters())
+    assert settings["encoder"]["architecture"] == encoder.architecture
+    assert "Not the paper's settings" in (tmp_path / "pixels" / "index.html").read_text()
+
+    invert_folder(tmp_path / "photos", tmp_path / "module", features=features, **common)
+    again = json.loads((tmp_path / "module" / "omissions.json").read_text())["settings"]
+    assert again["features"]["name"] == "module" and again["features"]["class"] == "torch.nn.modules.container.Sequential"
+    assert again["generator"]["sha256"] == settings["generator"]["sha256"]
+    torch.manual_seed(5)
+    other = ProGAN([8, 8, 8, 8, 4, 4, 4, 4], z_dim=16).eval()
+    assert describe_network(other)["sha256"] != settings["generator"]["sha256"]
+    with pytest.raises(InputError, match="ambiguous"):
+        invert_folder(tmp_path / "photos", tmp_path / "never", features=None, **common)
+    assert not (tmp_path / "never").exists()

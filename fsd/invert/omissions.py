@@ -48,6 +48,7 @@ Example (hand-made label maps with classes 0 "-", 1 "sky", 2 "person")::
 from __future__ import annotations
 
 import csv
+import hashlib
 import html
 import io
 import json
@@ -58,6 +59,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 import numpy as np
@@ -70,7 +72,14 @@ from fsd._text import plural, warn
 from fsd._io import atomic_write_bytes, check_output_folder, prepare_output_folder
 from fsd.errors import ImageReadError, InputError
 from fsd.generators import images_to_uint8, prepare_images
-from fsd.invert.inversion import InversionConfig, _calling, check_layer_inversion, invert_layer, vgg16_relu4_2
+from fsd.invert.inversion import (
+    Features,
+    InversionConfig,
+    _calling,
+    check_layer_inversion,
+    feature_network,
+    invert_layer,
+)
 from fsd.invert.pictures import contact_sheet, panel, thumbnail
 from fsd.invert.split import PROGGAN_SPLIT, LayerSplit, SplitGenerator
 from fsd.segmenters.base import Preprocessing, Segmenter, class_percentages
@@ -90,6 +99,8 @@ __all__ = [
     "invert_folder",
     "output_names",
     "html_page",
+    "describe_network",
+    "inversion_settings",
 ]
 
 DEFAULT_MIN_LOSS = 1.0
@@ -484,7 +495,7 @@ def invert_photos(
     segmenter: Segmenter,
     *,
     split: LayerSplit = PROGGAN_SPLIT,
-    features: nn.Module | None = None,
+    features: Features = "vgg16",
     config: InversionConfig = InversionConfig(),
     batch_size: int = 8,
     device: str | torch.device | None = None,
@@ -496,8 +507,8 @@ def invert_photos(
     """Invert and segment each photo, ``batch_size`` photos at a time (they are independent runs).
 
     ``photos``: a folder or anything `fsd.sources.open_source` reads. ``start``: the encoder (image
-    -> latents). ``features``: the perceptual network (default torchvision's VGG16 to relu4_2,
-    loaded once). ``resolution``: the generator's output size, when neither the generator
+    -> latents). ``features``: the perceptual network, ``"vgg16"`` (the paper's, loaded once),
+    ``"none"`` (pixel loss only) or a module (see `fsd.invert.inversion.feature_network`). ``resolution``: the generator's output size, when neither the generator
     (``resolution`` attribute) nor the encoder tells it; default: the segmenter's size.
 
     Everything is checked when this is called, before the first inversion step: every photo is
@@ -524,7 +535,7 @@ class _Plan:
     skipped: list[tuple[str, str]]
     segmenter_input: Preprocessing
     generator_input: Preprocessing
-    features: nn.Module
+    features: nn.Module | Literal["none"]
     batch_size: int
 
 
@@ -535,7 +546,7 @@ def _plan_inversions(
     segmenter: Segmenter,
     *,
     split: LayerSplit,
-    features: nn.Module | None,
+    features: Features,
     config: InversionConfig,
     batch_size: int,
     device: str | torch.device | None,
@@ -554,11 +565,14 @@ def _plan_inversions(
     size = resolution or _generator_resolution(generator, start) or seg_prep.size
     gen_prep = Preprocessing("rgb", size, seg_prep.resample)
     SplitGenerator(generator, split)  # layer names, before the photos are read
+    network = feature_network(features, progress=progress)  # VGG loaded once, for every batch
+    if network is None and config.imagenet_normalization:
+        raise InputError("imagenet_normalization (--imagenet-normalization) normalizes the feature network's "
+                         "input, but features='none' (--features none) has no feature network; drop one of them")
+    features = network if network is not None else "none"
     indices, skipped = _readable_photos(source, seg_prep, skip_bad_images, progress)
     if not indices:
         raise InputError(f"no readable photos in {source.description or photos}: nothing to invert")
-    if features is None:
-        features = vgg16_relu4_2(progress=progress)
     first = indices[0]
     ident = source.identity(first)
     x = torch.from_numpy(np.ascontiguousarray(source.read(first, gen_prep)))[None].to(torch.float32) / 127.5 - 1
@@ -742,11 +756,13 @@ def html_page(
     title: str = "What the generator could not reconstruct",
     legend_classes: int = 8,
     table_rows: int = 30,
+    differs_from_paper: Sequence[str] = (),
 ) -> str:
     """``index.html`` of an output folder: every link is relative to it (see `fsd.invert.omissions`).
 
     ``names``: each photo's output name (``panels/<name>.png`` ...); ``rankings``: class index ->
-    ranking CSV file name, for the classes to rank the photos by.
+    ranking CSV file name, for the classes to rank the photos by; ``differs_from_paper``: the
+    settings that are not the paper's (`inversion_settings`), stated at the top of the page.
     """
     if len(names) != report.n:
         raise InputError(f"got {len(names)} names for {report.n} photos")
@@ -766,8 +782,11 @@ def html_page(
         '<a href="omissions_by_photo.csv">omissions_by_photo.csv</a> (per photo and class), '
         '<a href="omissions.json">omissions.json</a>. '
         '<a href="contact_sheet.png">Contact sheet</a>.</p>',
-        "<h2>Classes lost most often</h2>",
     ]
+    if differs_from_paper:
+        parts.append("<p><strong>Not the paper's settings:</strong> " + "; ".join(map(esc, differs_from_paper))
+                     + ".</p>")
+    parts.append("<h2>Classes lost most often</h2>")
     rows = [r for r in report.classes() if r.photos_lost > 0][:table_rows]
     if rows:
         parts.append(
@@ -816,6 +835,79 @@ def html_page(
     return "\n".join(parts) + "\n"
 
 
+FEATURE_NETWORKS = {
+    "vgg16": "torchvision's VGG16 with ImageNet weights (IMAGENET1K_V1), features[:21]: through relu4_2",
+    "none": "none: the loss is pixels and offsets only",
+}
+
+
+def describe_network(network: object) -> dict[str, object]:
+    """What identifies a network in the settings: its class and, for a module, its parameter count
+    and the SHA-256 of its state dict (names, dtypes, shapes and values), so two runs can tell whether
+    they used the same weights."""
+    kind = type(network)
+    record: dict[str, object] = {"class": f"{kind.__module__}.{kind.__qualname__}"}
+    if isinstance(network, nn.Module):
+        digest = hashlib.sha256()
+        for name, tensor in network.state_dict().items():
+            values = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name} {values.dtype} {tuple(tensor.shape)}\n".encode())
+            digest.update(values.view(torch.uint8).numpy())
+        record["parameters"] = sum(p.numel() for p in network.parameters())
+        record["sha256"] = digest.hexdigest()
+        architecture = getattr(network, "architecture", None)
+        if isinstance(architecture, dict):
+            record["architecture"] = architecture
+    return record
+
+
+def inversion_settings(
+    generator: nn.Module,
+    start: object,
+    features: Features,
+    config: InversionConfig,
+    split: LayerSplit,
+    provenance: Mapping[str, str] | None = None,
+) -> dict[str, object]:
+    """The ``settings`` of ``omissions.json``: every number of the inversion, the networks
+    (`describe_network`), and ``differs_from_paper``, each setting that is not the paper's, so a
+    pixel-only or shortened run cannot pass for the paper's (``paper`` is true when none differs)."""
+    if isinstance(features, str):
+        feature_record: dict[str, object] = {"name": features, "network": FEATURE_NETWORKS.get(features, features)}
+    else:
+        feature_record = {"name": "module", **describe_network(features)}
+    networks = {"generator": describe_network(generator), "encoder": describe_network(start),
+                "features": feature_record}
+    for role, given in (provenance or {}).items():
+        if role not in networks:
+            raise InputError(f"provenance names {role!r}; it may name the generator, encoder and features")
+        networks[role] = {"given_as": given, **networks[role]}
+    paper = InversionConfig()
+    differs = [] if feature_record["name"] == "vgg16" else [f"features: {feature_record['name']} (the paper's: vgg16)"]
+    for name in ("steps", "lr", "lr_milestones", "lr_decay", "pixel_weight", "feature_weight", "offset_weight",
+                 "imagenet_normalization"):
+        value, expected = getattr(config, name), getattr(paper, name)
+        if value != expected:
+            differs.append(f"{name}: {value} (the paper's: {expected})")
+    if split != PROGGAN_SPLIT:
+        differs.append(f"split after {split.split_after}, offsets at {', '.join(split.offset_layers)} (the paper's: "
+                       f"after {PROGGAN_SPLIT.split_after}, offsets at {', '.join(PROGGAN_SPLIT.offset_layers)})")
+    return {
+        "paper": not differs,
+        "differs_from_paper": differs,
+        "steps": config.steps,
+        "lr": config.lr,
+        "lr_milestones": list(config.lr_milestones),
+        "lr_decay": config.lr_decay,
+        "loss_weights": {"pixel": config.pixel_weight, "feature": config.feature_weight,
+                         "offset": config.offset_weight},
+        "normalization": "imagenet" if config.imagenet_normalization else "none",
+        "split": {"split_after": split.split_after, "offset_layers": list(split.offset_layers)},
+        **networks,
+    }
+
+
+
 def invert_folder(
     photos: object,
     out_dir: str | os.PathLike[str],
@@ -824,7 +916,7 @@ def invert_folder(
     start: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     segmenter: Segmenter,
     split: LayerSplit = PROGGAN_SPLIT,
-    features: nn.Module | None = None,
+    features: Features = "vgg16",
     config: InversionConfig = InversionConfig(),
     options: ReportOptions = ReportOptions(),
     batch_size: int = 8,
@@ -833,11 +925,14 @@ def invert_folder(
     skip_bad_images: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    provenance: Mapping[str, str] | None = None,
 ) -> OmissionFolder:
     """Invert every photo, segment both images, and write the output folder (module docstring).
 
     Arguments as `invert_photos`; ``options`` shapes the report; ``overwrite`` allows writing
-    into a folder that already holds files. Returns the report and the paths written.
+    into a folder that already holds files. ``provenance``: how the ``generator``, ``encoder`` and
+    ``features`` were named (e.g. ``{"generator": "proggan:church"}``), kept with their settings in
+    ``omissions.json`` (see `inversion_settings`). Returns the report and the paths written.
     """
     # Every check before the first inversion step, and the output folder made only once they all pass.
     out = check_output_folder(out_dir, overwrite=overwrite)
@@ -905,18 +1000,14 @@ def invert_folder(
             "panel": f"panels/{name}.png",
         }
         entry["inversion_loss"] = {"initial": initial, "final": final}
-    payload["settings"] = {
-        "steps": config.steps,
-        "lr": config.lr,
-        "split": {"split_after": split.split_after, "offset_layers": list(split.offset_layers)},
-        "segmenter": getattr(segmenter, "name", type(segmenter).__name__),
-        "segmenter_weights": getattr(segmenter, "weights_id", ""),
-    }
+    payload["settings"] = inversion_settings(generator, start, features, config, split, provenance)
+    payload["settings"].update(segmenter=getattr(segmenter, "name", type(segmenter).__name__),
+                               segmenter_weights=getattr(segmenter, "weights_id", ""))
     payload["rankings"] = {class_names[c]: file_name for c, file_name in rankings.items()}
     payload["skipped"] = [{"id": ident, "reason": reason} for ident, reason in skipped]
     atomic_write_bytes(files["json"], json.dumps(payload, indent=1, allow_nan=False).encode("utf-8"))
     page = html_page(report, names, rankings=rankings, title=options.title,
-                              legend_classes=options.legend_classes)
+                     legend_classes=options.legend_classes, differs_from_paper=payload["settings"]["differs_from_paper"])
     atomic_write_bytes(files["html"], page.encode("utf-8"))
     return OmissionFolder(report=report, names=names, files=files, skipped=skipped)
 
