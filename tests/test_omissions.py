@@ -143,7 +143,7 @@ def test_bad_inputs_are_input_errors():
     with pytest.raises(InputError, match="classes"):
         omissions_from_labels(torch.full((1, 2, 2), 7), torch.zeros(1, 2, 2, dtype=torch.long), CLASSES)
     with pytest.raises(InputError, match="label maps"):
-        omissions_from_labels(torch.zeros(2, 2, 2), torch.zeros(1, 2, 2), CLASSES)
+        omissions_from_labels(torch.zeros(2, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long), CLASSES)
 
 
 def test_output_names_are_unique_and_safe():
@@ -178,8 +178,8 @@ def test_invert_photos_segments_each_photo_and_its_reconstruction(tmp_path):
         assert item.generated.shape == (32, 32, 3) and item.encoder_only.shape == (32, 32, 3)
         resized = prepare_images(torch.from_numpy(item.generated).permute(2, 0, 1)[None], PAPER_PREPROCESSING)
         assert np.array_equal(item.reconstruction, resized[0].permute(1, 2, 0).numpy())
-        for image, labels, percentages in ((item.photo, item.photo_labels, item.real),
-                                           (item.reconstruction, item.reconstruction_labels, item.reconstructed)):
+        for image, labels, percentages in ((item.photo, item.photo_labels, item.photo_percentages),
+                                           (item.reconstruction, item.reconstruction_labels, item.reconstruction_percentages)):
             expected = segmenter.segment(torch.from_numpy(image).permute(2, 0, 1)[None])[0].numpy()
             assert np.array_equal(labels, expected)
             np.testing.assert_allclose(percentages, np.bincount(expected.ravel(), minlength=4) / 655.36)
@@ -362,3 +362,41 @@ def test_settings_tell_a_pixel_only_run_from_the_papers(tmp_path):
     with pytest.raises(InputError, match="ambiguous"):
         invert_folder(tmp_path / "photos", tmp_path / "never", features=None, **common)
     assert not (tmp_path / "never").exists()
+
+
+def test_photo_inversions_name_images_and_percentages_alike(tmp_path):
+    write_folder(tmp_path / "photos", 2, seed=0)
+    generator, encoder, features = tiny_setup()
+    items = list(invert_photos(tmp_path / "photos", generator, encoder, ColorSegmenter(), features=features,
+                               config=InversionConfig(steps=0), progress=False))
+    item = items[0]
+    np.testing.assert_allclose(item.photo_percentages.sum(), 100.0)
+    with pytest.deprecated_call(match="photo_percentages"):
+        assert item.real is item.photo_percentages
+    with pytest.deprecated_call(match="reconstruction_percentages"):
+        assert item.reconstructed is item.reconstruction_percentages
+    # the label maps PhotoInversion hands out (numpy) make the same report as the pipeline's percentages
+    ids = [i.id for i in items]
+    for real, recon in (([i.photo_labels for i in items], [i.reconstruction_labels for i in items]),
+                        (np.stack([i.photo_labels for i in items]), np.stack([i.reconstruction_labels for i in items]))):
+        report = omissions_from_labels(real, recon, ColorSegmenter().class_names, ids=ids)
+        np.testing.assert_array_equal(report.real, np.stack([i.photo_percentages for i in items]))
+        np.testing.assert_array_equal(report.reconstruction, np.stack([i.reconstruction_percentages for i in items]))
+    with pytest.raises(InputError, match=r"wrap one photo's \(H, W\) map in a list"):
+        omissions_from_labels(item.photo_labels, item.reconstruction_labels, CLASSES)
+    with pytest.raises(InputError, match="integer class ids"):
+        omissions_from_labels(np.zeros((1, 2, 2)), np.zeros((1, 2, 2)), CLASSES)
+    with pytest.raises(InputError, match=r"real_labels\[1\] must be one label map"):
+        omissions_from_labels([np.zeros((2, 2), int), np.zeros((1, 2, 2), int)], np.zeros((2, 2, 2), int), CLASSES)
+
+
+def test_a_photo_is_found_by_path_file_name_stem_or_output_name():
+    report = hand_made_report()  # ids a/A.jpg, b/B.jpg, c/C.jpg
+    assert [c.name for c in report.lost_in("A")] == ["person"]
+    assert report.photo_index("B.jpg") == report.photo_index(Path("b/B.jpg")) == report.photo_index("./b/B.jpg") == 1
+    twins = OmissionReport(("one/x.jpg", "two/x.png", "two/y.jpg"), CLASSES, np.zeros((3, 5)), np.zeros((3, 5)))
+    assert twins.photo_index("x.png") == 1 and twins.photo_index("x-2") == 1 and twins.photo_index("y") == 2
+    with pytest.raises(InputError, match="ambiguous.*one/x.jpg, two/x.png"):
+        twins.photo_index("x")
+    with pytest.raises(InputError, match="no photo 'astronaut' among the report's 3 photos"):
+        twins.photo_index("astronaut")

@@ -45,6 +45,9 @@ from fsd.invert.encoder import (
     save_encoder,
 )
 from fsd.invert.train import (
+    PAPER_BACKBONE,
+    PAPER_JOINT,
+    PAPER_LAYERS,
     EncoderTraining,
     EncoderTrainingConfig,
     StageSchedule,
@@ -92,6 +95,9 @@ __all__ = [
     "EncoderTraining",
     "EncoderTrainingConfig",
     "StageSchedule",
+    "PAPER_BACKBONE",
+    "PAPER_LAYERS",
+    "PAPER_JOINT",
     "encoder_for",
     "train_encoder",
     "OmissionReport",

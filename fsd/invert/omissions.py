@@ -265,15 +265,34 @@ class OmissionReport:
         return self.real - self.reconstruction
 
     # -- lookups ----------------------------------------------------------------------------------
-    def photo_index(self, photo: int | str) -> int:
+    def photo_index(self, photo: int | str | os.PathLike[str]) -> int:
+        """A photo by position, by its id (path), or, when that is unique in the report, by its file name
+        (``"astronaut.jpg"``), its stem (``"astronaut"``) or its output name (``"img_000-2"``)."""
         if isinstance(photo, (int, np.integer)) and not isinstance(photo, bool):
             if not 0 <= photo < self.n:
                 raise InputError(f"photo index {photo} is out of range: the report holds {self.n} photos")
             return int(photo)
-        try:
-            return self.ids.index(str(photo))
-        except ValueError:
-            raise InputError(f"no photo {photo!r} in the report") from None
+        wanted = os.fspath(photo) if isinstance(photo, os.PathLike) else str(photo)
+        if wanted in self.ids:
+            return self.ids.index(wanted)
+        paths = [os.path.normpath(ident.replace("\\", "/")) for ident in self.ids]
+        names = [os.path.basename(path) for path in paths]
+        ways = (
+            ("path", paths, os.path.normpath(wanted.replace("\\", "/"))),
+            ("file name", names, wanted),
+            ("stem", [os.path.splitext(name)[0] for name in names], wanted),
+            ("output name", output_names(self.ids), wanted),
+        )
+        for way, keys, key in ways:
+            found = [k for k, candidate in enumerate(keys) if candidate == key]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                raise InputError(f"photo {wanted!r} is ambiguous: {plural(len(found), 'photo')} have that {way} ("
+                                 + ", ".join(self.ids[k] for k in found[:5]) + "); give the full path")
+        shown = ", ".join(self.ids[:3]) + (", ..." if self.n > 3 else "")
+        raise InputError(f"no photo {wanted!r} among the report's {plural(self.n, 'photo')} ({shown}); give "
+                         "a photo's path, file name, stem or position")
 
     def class_index(self, cls: int | str) -> int:
         """A class by index, by full name, or by its first word (``"person"``); see `find_class`."""
@@ -421,41 +440,80 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object
 
 
 def omissions_from_labels(
-    real_labels: torch.Tensor,
-    reconstruction_labels: torch.Tensor,
+    real_labels: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
+    reconstruction_labels: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
     class_names: Sequence[str],
     *,
     ids: Sequence[str] | None = None,
     min_loss: float = DEFAULT_MIN_LOSS,
 ) -> OmissionReport:
-    """The report from label maps ``(N, H, W)`` of the photos and of their reconstructions."""
-    if real_labels.shape[0] != reconstruction_labels.shape[0] or real_labels.dim() != 3 \
-            or reconstruction_labels.dim() != 3:
+    """The report from the label maps of the photos and of their reconstructions.
+
+    Each side is integer label maps ``(N, H, W)``: a tensor, a numpy array, or a sequence of ``(H, W)``
+    maps (such as the ``photo_labels`` / ``reconstruction_labels`` of `PhotoInversion` items).
+    """
+    real_maps = _label_maps(real_labels, "real_labels")
+    reconstruction_maps = _label_maps(reconstruction_labels, "reconstruction_labels")
+    if real_maps.shape[0] != reconstruction_maps.shape[0]:
         raise InputError(
-            f"need label maps (N, H, W) for N photos and N reconstructions, got {tuple(real_labels.shape)} "
-            f"and {tuple(reconstruction_labels.shape)}"
+            f"need label maps (N, H, W) for N photos and N reconstructions, got {tuple(real_maps.shape)} "
+            f"and {tuple(reconstruction_maps.shape)}"
         )
     count = len(class_names)
     try:
-        real = class_percentages(real_labels.cpu(), count).numpy()
-        reconstruction = class_percentages(reconstruction_labels.cpu(), count).numpy()
+        real = class_percentages(real_maps, count).numpy()
+        reconstruction = class_percentages(reconstruction_maps, count).numpy()
     except ValueError as error:
         raise InputError(f"label maps do not fit {count} classes: {error}") from None
     ids = list(ids) if ids is not None else [f"photo[{k}]" for k in range(real.shape[0])]
     return OmissionReport(tuple(ids), tuple(class_names), real, reconstruction, min_loss)
 
 
+def _label_maps(labels: object, what: str) -> torch.Tensor:
+    """Label maps as an int64 CPU tensor ``(N, H, W)``, from a tensor, an array or a sequence of maps."""
+    if isinstance(labels, (list, tuple)):
+        if not labels:
+            raise InputError(f"{what} is empty: no label maps")
+        maps = [_label_tensor(m, f"{what}[{k}]") for k, m in enumerate(labels)]
+        for k, m in enumerate(maps):
+            if m.dim() != 2:
+                raise InputError(f"{what}[{k}] must be one label map (H, W), got shape {tuple(m.shape)}")
+        sizes = sorted({tuple(m.shape) for m in maps})
+        if len(sizes) > 1:
+            raise InputError(f"{what}: the label maps differ in size: {sizes}")
+        return torch.stack(maps)
+    maps = _label_tensor(labels, what)
+    if maps.dim() != 3:
+        hint = "; wrap one photo's (H, W) map in a list" if maps.dim() == 2 else ""
+        raise InputError(f"{what} must be label maps (N, H, W), got shape {tuple(maps.shape)}{hint}")
+    return maps
+
+
+def _label_tensor(labels: object, what: str) -> torch.Tensor:
+    if isinstance(labels, np.ndarray):
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(f"{what} must hold integer class ids, got a {labels.dtype} array")
+        labels = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64, copy=False))
+    if not isinstance(labels, torch.Tensor):
+        raise InputError(f"{what} must be label maps (a tensor, a numpy array or a list of maps), got "
+                         f"{type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise InputError(f"{what} must hold integer class ids, got {labels.dtype}")
+    return labels.cpu().long()
+
+
 # -- running the inversion over photos --------------------------------------------------------------
 
 @dataclass
 class PhotoInversion:
-    """One photo's inversion and segmentations.
+    """One photo's inversion and segmentations, each named ``photo*`` or ``reconstruction*``.
 
-    ``photo`` and ``reconstruction``: uint8 ``(S, S, 3)`` as segmented (S: the segmenter's size);
-    ``generated``: the reconstruction and ``encoder_only`` the step-0 reconstruction, uint8
-    ``(H, W, 3)`` at the generator's resolution; ``photo_labels`` / ``reconstruction_labels``: int64
-    ``(S, S)``; ``real`` / ``reconstructed``: float64 ``(C,)`` percentages; ``loss``: the inversion's
-    first and last total loss.
+    ``photo`` and ``reconstruction``: the images, uint8 ``(S, S, 3)`` as segmented (S: the
+    segmenter's size); ``photo_labels`` / ``reconstruction_labels``: their label maps, int64
+    ``(S, S)``; ``photo_percentages`` / ``reconstruction_percentages``: their per-class pixel
+    percentages, float64 ``(C,)``. ``generated``: the reconstruction and ``encoder_only`` the step-0
+    reconstruction, uint8 ``(H, W, 3)`` at the generator's resolution; ``loss``: the inversion's
+    first and last total loss. (``real`` and ``reconstructed`` are deprecated names of the percentages.)
     """
 
     id: str
@@ -465,9 +523,19 @@ class PhotoInversion:
     encoder_only: np.ndarray
     photo_labels: np.ndarray
     reconstruction_labels: np.ndarray
-    real: np.ndarray
-    reconstructed: np.ndarray
+    photo_percentages: np.ndarray
+    reconstruction_percentages: np.ndarray
     loss: tuple[float, float]
+
+    @property
+    def real(self) -> np.ndarray:
+        warn("PhotoInversion.real is deprecated: use photo_percentages", DeprecationWarning)
+        return self.photo_percentages
+
+    @property
+    def reconstructed(self) -> np.ndarray:
+        warn("PhotoInversion.reconstructed is deprecated: use reconstruction_percentages", DeprecationWarning)
+        return self.reconstruction_percentages
 
 
 def _generator_resolution(generator: nn.Module, start: object) -> int | None:
@@ -652,8 +720,8 @@ def _run_inversions(
                     encoder_only=encoder_hwc[k],
                     photo_labels=real_labels[k].numpy(),
                     reconstruction_labels=recon_labels[k].numpy(),
-                    real=real_pct[k],
-                    reconstructed=recon_pct[k],
+                    photo_percentages=real_pct[k],
+                    reconstruction_percentages=recon_pct[k],
                     loss=(float(result.losses.total[0, k]), float(result.losses.total[-1, k])),
                 )
             bar.update(len(batch))
@@ -958,8 +1026,8 @@ def invert_folder(
         name = _unique(output_names([item.id])[0], used_names)
         names.append(name)
         ids.append(item.id)
-        real_rows.append(item.real)
-        recon_rows.append(item.reconstructed)
+        real_rows.append(item.photo_percentages)
+        recon_rows.append(item.reconstruction_percentages)
         losses.append(item.loss)
         _save_png(item.generated, out / "reconstructions" / f"{name}.png")
         _save_png(item.encoder_only, out / "encoder_only" / f"{name}.png")
