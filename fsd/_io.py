@@ -51,15 +51,36 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, lambda handle: handle.write(data))
 
 
-def prepare_output_folder(folder: str | os.PathLike, *, overwrite: bool, option: str = "--out") -> Path:
-    """Create ``folder``, refusing one that holds files unless ``overwrite`` (so nothing is mixed in)."""
+def holds_files(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds anything but folders with nothing in them (links and files count)."""
+    def unreadable(error: OSError) -> None:
+        raise error
+
+    try:
+        for root, directories, files in os.walk(folder, onerror=unreadable):
+            if files or any(os.path.islink(os.path.join(root, name)) for name in directories):
+                return True
+    except OSError:
+        return True  # what cannot be listed may hold files
+    return False
+
+
+def check_output_folder(folder: str | os.PathLike, *, overwrite: bool, option: str = "--out") -> Path:
+    """Raise `InputError` unless ``folder`` is new, holds no files (empty subfolders count as empty), or
+    ``overwrite``; creates nothing, so a run can check its output before its other work."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise InputError(f"{folder} exists and is not a folder; choose another {option}")
-    if folder.is_dir() and not overwrite and any(folder.iterdir()):
+    if folder.is_dir() and not overwrite and holds_files(folder):
         raise InputError(
             f"{folder} already holds files; choose an empty or new folder, or pass overwrite=True "
             "(--overwrite) to write into it"
         )
+    return folder
+
+
+def prepare_output_folder(folder: str | os.PathLike, *, overwrite: bool, option: str = "--out") -> Path:
+    """Create ``folder``, refusing one that holds files unless ``overwrite`` (so nothing is mixed in)."""
+    folder = check_output_folder(folder, overwrite=overwrite, option=option)
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -500,6 +500,14 @@ def _write_png(image: np.ndarray, path: Path) -> None:
 
 # -- naming a generator on the command line ------------------------------------------------------------
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".jit", ".torchscript")
+# ``FAMILY:NAME`` -> the loader of a published generator, named like a ``MODULE:NAME`` spec. fsd.invert builds on
+# this module, so its loaders are named here, not imported: the imports run one way, fsd.invert -> fsd.generators.
+PUBLISHED_GENERATORS = {"proggan": "fsd.invert.weights:proggan"}
+
+
+def _import_attribute(path: str) -> Callable[..., object]:
+    module_name, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 def load_generator(
@@ -528,10 +536,10 @@ def load_generator(
         from .diffusers import load_pipeline
 
         return load_pipeline(spec.split(":", 1)[1], device=device, progress=progress)
-    if spec.startswith("proggan:"):
-        from .invert import proggan
-
-        generator = proggan(spec.split(":", 1)[1], weights_dir=weights_dir, device=device, progress=progress)
+    family, _, name = spec.partition(":")
+    if family in PUBLISHED_GENERATORS:
+        loader = _import_attribute(PUBLISHED_GENERATORS[family])
+        generator = loader(name, weights_dir=weights_dir, device=device, progress=progress)
     elif Path(spec).is_file() and spec.lower().endswith(".pt2"):
         try:
             generator = torch.export.load(spec).module()

@@ -12,6 +12,8 @@ from fsd.invert.inversion import (
     ImageNetNormalize,
     InversionConfig,
     ZInversionConfig,
+    check_layer_inversion,
+    feature_network,
     invert_layer,
     invert_z,
     learning_rate,
@@ -295,3 +297,40 @@ def test_a_split_without_offset_layers_is_refused():
         x = G(z)
     with pytest.raises(InputError, match="no offset layers"):
         invert_layer(G, x, z, split=LayerSplit("layer4", ()), features=nn.Identity(), progress=False)
+
+
+def test_check_layer_inversion_names_the_part_that_fails():
+    generator, features = tiny_generator(), tiny_features()
+    z, x = targets(generator, 2)
+    check_layer_inversion(generator, x, z, features=features, progress=False)  # fits: no error
+    with pytest.raises(InputError, match=r"the encoder \(start\) failed: RuntimeError"):
+        check_layer_inversion(generator, x, nn.Linear(5, 5), features=features, progress=False)
+    with pytest.raises(InputError, match="the feature network failed"):
+        check_layer_inversion(generator, x, z, features=nn.Conv2d(4, 4, 3), progress=False)
+    with pytest.raises(InputError, match="resize the images"):
+        check_layer_inversion(generator, x[:, :, :8, :8], z, features=features, progress=False)
+    with pytest.raises(InputError, match="no offset layers"):
+        check_layer_inversion(generator, x, z, split=LayerSplit("layer4", ()), features=features, progress=False)
+
+
+def test_features_none_is_the_pixel_loss_alone():
+    generator = tiny_generator()
+    z, x = targets(generator, 2)
+    z0 = perturbed(z)
+    config = InversionConfig(steps=3)
+    pixels = invert_layer(generator, x, z0, features="none", config=config, progress=False)
+    assert np.all(pixels.losses.feature == 0)
+    np.testing.assert_allclose(pixels.losses.total, pixels.losses.pixel + pixels.losses.offset, rtol=1e-6)
+    same = invert_layer(generator, x, z0, features=nn.Identity(), progress=False,
+                        config=InversionConfig(steps=3, feature_weight=0.0))
+    np.testing.assert_array_equal(pixels.losses.total, same.losses.total)
+    assert feature_network("none") is None
+    lbfgs = invert_z(generator, x, z0, features="none", config=ZInversionConfig(iterations=2), progress=False)
+    assert lbfgs.losses[-1].max() <= lbfgs.losses[0].max()
+    with pytest.raises(InputError, match="ambiguous"):
+        invert_layer(generator, x, z0, features=None, config=config, progress=False)
+    with pytest.raises(InputError, match="'vgg16', 'none' or an nn.Module"):
+        invert_layer(generator, x, z0, features="vgg19", config=config, progress=False)
+    with pytest.raises(InputError, match="no feature network"):
+        invert_layer(generator, x, z0, features="none", progress=False,
+                     config=InversionConfig(steps=1, imagenet_normalization=True))

@@ -28,6 +28,13 @@ from torch import nn
 def tiny_features():
     torch.manual_seed(1)
     return nn.Sequential(nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.ReLU())
+
+
+def wrong_latent_size():
+    from fsd.invert.proggan import ProGAN
+
+    torch.manual_seed(0)
+    return ProGAN([16, 16, 16, 16, 8, 8, 8, 8, 4, 4, 4, 4, 4, 4], z_dim=8)  # the encoder gives 16
 '''
 
 
@@ -103,7 +110,11 @@ def test_invert_writes_every_promised_file(workspace):
         assert sum(float(r["real"]) for r in mine) == pytest.approx(100.0)
         assert sum(float(r["reconstruction"]) for r in mine) == pytest.approx(100.0)
     report = json.loads((out / "omissions.json").read_text())
-    assert report["settings"]["segmenter"] == "upp-resnet50-upernet" and report["settings"]["steps"] == 2
+    settings = report["settings"]
+    assert settings["segmenter"] == "upp-resnet50-upernet" and settings["steps"] == 2
+    assert settings["features"]["given_as"] == f"{root / 'nets.py'}:tiny_features"
+    assert settings["features"]["name"] == "module" and settings["generator"]["given_as"] == str(root / "generator.pth")
+    assert settings["encoder"]["given_as"] == str(root / "encoder.pth") and settings["paper"] is False
     assert [p["files"]["panel"] for p in report["photos"]] == [f"panels/{n}.png" for n in names]
     links = assert_page_links_exist(out / "index.html")
     assert {f"panels/{n}.png" for n in names} <= set(links)
@@ -140,3 +151,36 @@ def test_split_after_without_offset_layers_is_a_usage_error(workspace):
     result = run([root / "photos", "--generator", root / "generator.pth", "--encoder", root / "encoder.pth",
                   "--out", root / "never", "--split-after", "layer4", "-q"])
     assert result.exit_code == 2 and "--offset-layers" in result.output and not (root / "never").exists()
+
+
+def test_a_bad_generator_leaves_nothing_behind_and_a_retry_works(workspace):
+    root, _ = workspace
+    out = root / "retry"
+    base = [root / "photos", "--encoder", root / "encoder.pth", "--out", out, "--steps", "1", "--features", "none",
+            "--weights-dir", root / "weights", "--device", "cpu", "-q"]
+    bad = run([*base, "--generator", f"{root / 'nets.py'}:wrong_latent_size"])
+    assert bad.exit_code == 2, bad.output
+    assert "img_000" in bad.stderr and "the generator" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    (out / "panels").mkdir(parents=True)  # an empty folder left by hand, or by an older version
+    good = run([*base, "--generator", root / "generator.pth"])
+    assert good.exit_code == 0, good.output
+    assert sorted(p.name for p in (out / "panels").iterdir()) == ["img_000.png", "img_001.png", "img_002.png"]
+    settings = json.loads((out / "omissions.json").read_text())["settings"]
+    assert settings["features"] == {"given_as": "none", "name": "none",
+                                    "network": "none: the loss is pixels and offsets only"}
+    assert "features: none (the paper's: vgg16)" in settings["differs_from_paper"]
+    both = run([*base, "--generator", root / "generator.pth", "--imagenet-normalization", "--overwrite"])
+    assert both.exit_code == 2 and "--features none" in both.stderr
+
+
+def test_a_bad_last_photo_fails_before_the_output_exists(workspace, tmp_path):
+    root, _ = workspace
+    photos = tmp_path / "photos"
+    write_folder(photos, 2, seed=0)
+    (photos / "zz_last.png").write_bytes(b"")
+    out = tmp_path / "out"
+    result = run([photos, "--generator", root / "generator.pth", "--encoder", root / "encoder.pth", "--out", out,
+                  "--steps", "1", "--features", "none", "--weights-dir", root / "weights", "--device", "cpu", "-q"])
+    assert result.exit_code == 2 and "zz_last.png" in result.stderr and "--skip-bad-images" in result.stderr
+    assert not out.exists()

@@ -16,16 +16,19 @@ from torch import nn
 
 from fsd.errors import ImageReadError, InputError
 from fsd.generators import prepare_images
+import fsd.invert.omissions as omissions_module
 from fsd.invert.inversion import InversionConfig
 from fsd.invert.omissions import (
     OmissionReport,
     ReportOptions,
+    describe_network,
     invert_folder,
     invert_photos,
     omissions_from_labels,
     output_names,
 )
 from fsd.invert.proggan import ProGAN
+from fsd.invert.split import LayerSplit
 from fsd.invert.train import encoder_for
 from fsd.segmenters.base import PAPER_PREPROCESSING
 from fsd.sources import FolderSource
@@ -140,7 +143,7 @@ def test_bad_inputs_are_input_errors():
     with pytest.raises(InputError, match="classes"):
         omissions_from_labels(torch.full((1, 2, 2), 7), torch.zeros(1, 2, 2, dtype=torch.long), CLASSES)
     with pytest.raises(InputError, match="label maps"):
-        omissions_from_labels(torch.zeros(2, 2, 2), torch.zeros(1, 2, 2), CLASSES)
+        omissions_from_labels(torch.zeros(2, 2, 2, dtype=torch.long), torch.zeros(1, 2, 2, dtype=torch.long), CLASSES)
 
 
 def test_output_names_are_unique_and_safe():
@@ -165,7 +168,8 @@ def test_invert_photos_segments_each_photo_and_its_reconstruction(tmp_path):
     segmenter = ColorSegmenter()
     results = list(invert_photos(tmp_path / "photos", generator, encoder, segmenter, features=features,
                                  config=InversionConfig(steps=2), batch_size=2, progress=False))
-    assert segmenter.calls == 4  # two batches (2 + 1 photos), photo and reconstruction each
+    # one check on the first photo, then two batches (2 + 1 photos), photo and reconstruction each
+    assert segmenter.calls == 1 + 4
     source = FolderSource(tmp_path / "photos")
     assert [r.id for r in results] == source.paths
     for k, item in enumerate(results):
@@ -174,8 +178,8 @@ def test_invert_photos_segments_each_photo_and_its_reconstruction(tmp_path):
         assert item.generated.shape == (32, 32, 3) and item.encoder_only.shape == (32, 32, 3)
         resized = prepare_images(torch.from_numpy(item.generated).permute(2, 0, 1)[None], PAPER_PREPROCESSING)
         assert np.array_equal(item.reconstruction, resized[0].permute(1, 2, 0).numpy())
-        for image, labels, percentages in ((item.photo, item.photo_labels, item.real),
-                                           (item.reconstruction, item.reconstruction_labels, item.reconstructed)):
+        for image, labels, percentages in ((item.photo, item.photo_labels, item.photo_percentages),
+                                           (item.reconstruction, item.reconstruction_labels, item.reconstruction_percentages)):
             expected = segmenter.segment(torch.from_numpy(image).permute(2, 0, 1)[None])[0].numpy()
             assert np.array_equal(labels, expected)
             np.testing.assert_allclose(percentages, np.bincount(expected.ravel(), minlength=4) / 655.36)
@@ -254,3 +258,145 @@ def test_invert_folder_writes_the_report(tmp_path):
     with pytest.raises(InputError, match="already holds files"):
         invert_folder(tmp_path / "photos", out, options=options, **common)
     invert_folder(tmp_path / "photos", out, options=options, overwrite=True, **common)
+
+
+# -- every check before the first inversion step --------------------------------------------------
+
+def counting_inversions(monkeypatch) -> list[int]:
+    """Patch the inversion the pipeline calls; the list grows by one per inverted batch."""
+    calls: list[int] = []
+    real = omissions_module.invert_layer
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(omissions_module, "invert_layer", counted)
+    return calls
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n not really a PNG"], ids=["empty", "corrupt"])
+def test_a_bad_last_photo_fails_before_any_inversion_step(tmp_path, monkeypatch, content):
+    write_folder(tmp_path / "photos", 2, seed=0)
+    (tmp_path / "photos" / "zz_last.png").write_bytes(content)  # listed last
+    calls = counting_inversions(monkeypatch)
+    generator, encoder, features = tiny_setup()
+    out = tmp_path / "out"
+    with pytest.raises(ImageReadError, match="zz_last.png"):
+        invert_folder(tmp_path / "photos", out, generator=generator, start=encoder, segmenter=ColorSegmenter(),
+                      features=features, config=InversionConfig(steps=1), batch_size=1, progress=False)
+    assert calls == [] and not out.exists()
+    with pytest.raises(ImageReadError, match="zz_last.png"):
+        invert_photos(tmp_path / "photos", generator, encoder, ColorSegmenter(), features=features,
+                      batch_size=1, progress=False)  # at the call, not at the first next()
+    assert calls == []
+
+
+def test_skipped_photos_are_known_before_the_run(tmp_path, monkeypatch):
+    write_folder(tmp_path / "photos", 2, seed=0)
+    (tmp_path / "photos" / "zz_last.png").write_bytes(b"")
+    generator, encoder, features = tiny_setup()
+    skipped: list = []
+    inversions = invert_photos(tmp_path / "photos", generator, encoder, ColorSegmenter(), features=features,
+                               config=InversionConfig(steps=0), skip_bad_images=True, skipped=skipped,
+                               progress=False)
+    assert [Path(ident).name for ident, _ in skipped] == ["zz_last.png"]
+    assert len(list(inversions)) == 2
+    (tmp_path / "photos" / "img_000.jpg").write_bytes(b"")
+    (tmp_path / "photos" / "img_001.png").write_bytes(b"")
+    with pytest.raises(InputError, match="no readable photos"):
+        invert_folder(tmp_path / "photos", tmp_path / "out", generator=generator, start=encoder,
+                      segmenter=ColorSegmenter(), features=features, skip_bad_images=True, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_generator_that_fails_on_its_first_call_leaves_nothing_behind(tmp_path, monkeypatch):
+    write_folder(tmp_path / "photos", 2, seed=0)
+    generator, encoder, features = tiny_setup()
+    torch.manual_seed(0)
+    other = ProGAN([8, 8, 8, 8, 4, 4, 4, 4], z_dim=12).eval()  # the encoder gives 16 numbers per photo
+    calls = counting_inversions(monkeypatch)
+    out = tmp_path / "out"
+    common = dict(start=encoder, segmenter=ColorSegmenter(), features=features, config=InversionConfig(steps=1),
+                  progress=False)
+    with pytest.raises(InputError, match=r"img_000.jpg: the generator \(split after 'layer4'\): latents must have shape"):
+        invert_folder(tmp_path / "photos", out, generator=other, **common)
+    with pytest.raises(InputError, match="layer named 'block9'"):
+        invert_folder(tmp_path / "photos", out, generator=generator, split=LayerSplit("block9", ("layer1",)),
+                      **common)
+    assert calls == [] and not out.exists()
+    (out / "reconstructions").mkdir(parents=True)  # empty folders, as an interrupted run may leave
+    (out / "panels" / "deeper").mkdir(parents=True)
+    result = invert_folder(tmp_path / "photos", out, generator=generator, **common)  # no overwrite needed
+    assert result.names == ["img_000", "img_001"] and calls == [1]
+    with pytest.raises(InputError, match="already holds files"):
+        invert_folder(tmp_path / "photos", out, generator=generator, **common)
+
+
+def test_settings_tell_a_pixel_only_run_from_the_papers(tmp_path):
+    write_folder(tmp_path / "photos", 1, seed=0)
+    generator, encoder, features = tiny_setup()
+    common = dict(generator=generator, start=encoder, segmenter=ColorSegmenter(), config=InversionConfig(steps=1),
+                  progress=False)
+    invert_folder(tmp_path / "photos", tmp_path / "pixels", features="none",
+                  provenance={"generator": "tiny.py:G"}, **common)
+    settings = json.loads((tmp_path / "pixels" / "omissions.json").read_text())["settings"]
+    assert settings["paper"] is False and settings["features"]["name"] == "none"
+    assert settings["differs_from_paper"][:2] == ["features: none (the paper's: vgg16)",
+                                                  "steps: 1 (the paper's: 3000)"]
+    assert settings["normalization"] == "none" and settings["loss_weights"] == {"pixel": 1.0, "feature": 1.0,
+                                                                                 "offset": 1.0}
+    assert settings["generator"]["given_as"] == "tiny.py:G"
+    assert settings["generator"]["class"] == "fsd.invert.proggan.ProGAN"
+    assert settings["generator"]["parameters"] == sum(p.numel() for p in generator.parameters())
+    assert settings["encoder"]["architecture"] == encoder.architecture
+    assert "Not the paper's settings" in (tmp_path / "pixels" / "index.html").read_text()
+
+    invert_folder(tmp_path / "photos", tmp_path / "module", features=features, **common)
+    again = json.loads((tmp_path / "module" / "omissions.json").read_text())["settings"]
+    assert again["features"]["name"] == "module" and again["features"]["class"] == "torch.nn.modules.container.Sequential"
+    assert again["generator"]["sha256"] == settings["generator"]["sha256"]
+    torch.manual_seed(5)
+    other = ProGAN([8, 8, 8, 8, 4, 4, 4, 4], z_dim=16).eval()
+    assert describe_network(other)["sha256"] != settings["generator"]["sha256"]
+    with pytest.raises(InputError, match="ambiguous"):
+        invert_folder(tmp_path / "photos", tmp_path / "never", features=None, **common)
+    assert not (tmp_path / "never").exists()
+
+
+def test_photo_inversions_name_images_and_percentages_alike(tmp_path):
+    write_folder(tmp_path / "photos", 2, seed=0)
+    generator, encoder, features = tiny_setup()
+    items = list(invert_photos(tmp_path / "photos", generator, encoder, ColorSegmenter(), features=features,
+                               config=InversionConfig(steps=0), progress=False))
+    item = items[0]
+    np.testing.assert_allclose(item.photo_percentages.sum(), 100.0)
+    with pytest.deprecated_call(match="photo_percentages"):
+        assert item.real is item.photo_percentages
+    with pytest.deprecated_call(match="reconstruction_percentages"):
+        assert item.reconstructed is item.reconstruction_percentages
+    # the label maps PhotoInversion hands out (numpy) make the same report as the pipeline's percentages
+    ids = [i.id for i in items]
+    for real, recon in (([i.photo_labels for i in items], [i.reconstruction_labels for i in items]),
+                        (np.stack([i.photo_labels for i in items]), np.stack([i.reconstruction_labels for i in items]))):
+        report = omissions_from_labels(real, recon, ColorSegmenter().class_names, ids=ids)
+        np.testing.assert_array_equal(report.real, np.stack([i.photo_percentages for i in items]))
+        np.testing.assert_array_equal(report.reconstruction, np.stack([i.reconstruction_percentages for i in items]))
+    with pytest.raises(InputError, match=r"wrap one photo's \(H, W\) map in a list"):
+        omissions_from_labels(item.photo_labels, item.reconstruction_labels, CLASSES)
+    with pytest.raises(InputError, match="integer class ids"):
+        omissions_from_labels(np.zeros((1, 2, 2)), np.zeros((1, 2, 2)), CLASSES)
+    with pytest.raises(InputError, match=r"real_labels\[1\] must be one label map"):
+        omissions_from_labels([np.zeros((2, 2), int), np.zeros((1, 2, 2), int)], np.zeros((2, 2, 2), int), CLASSES)
+
+
+def test_a_photo_is_found_by_path_file_name_stem_or_output_name():
+    report = hand_made_report()  # ids a/A.jpg, b/B.jpg, c/C.jpg
+    assert [c.name for c in report.lost_in("A")] == ["person"]
+    assert report.photo_index("B.jpg") == report.photo_index(Path("b/B.jpg")) == report.photo_index("./b/B.jpg") == 1
+    twins = OmissionReport(("one/x.jpg", "two/x.png", "two/y.jpg"), CLASSES, np.zeros((3, 5)), np.zeros((3, 5)))
+    assert twins.photo_index("x.png") == 1 and twins.photo_index("x-2") == 1 and twins.photo_index("y") == 2
+    with pytest.raises(InputError, match="ambiguous.*one/x.jpg, two/x.png"):
+        twins.photo_index("x")
+    with pytest.raises(InputError, match="no photo 'astronaut' among the report's 3 photos"):
+        twins.photo_index("astronaut")

@@ -1,13 +1,17 @@
-"""Panels, colours, contact sheets and the HTML page, drawn with PIL."""
+"""Panels, colours, contact sheets (drawn with PIL), and the output folder's HTML page."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fsd.errors import InputError
-from fsd.invert.omissions import OmissionReport
+from fsd.invert.omissions import OmissionReport, html_page
 from fsd.invert.pictures import (
     GAP,
     KELLY_COLORS,
@@ -16,11 +20,11 @@ from fsd.invert.pictures import (
     class_color,
     colorize,
     contact_sheet,
-    html_page,
     legend_entries,
     panel,
     palette,
 )
+from tests.test_proggan import module_imports
 
 NAMES = ["-", "wall", "sky", "person, individual", "car", "a-very-long-class-name-that-will-not-fit-the-legend"]
 
@@ -131,3 +135,16 @@ def test_html_page_escapes_and_links_relatively():
     assert "person, individual (25.0)" in page  # the lost class of the first photo (full name), its loss
     with pytest.raises(InputError):
         html_page(report, ["only-one"])
+
+
+def test_pictures_know_nothing_of_reports():
+    """omissions draws with pictures; pictures never refers back (not even for type hints)."""
+    assert not [m for m in module_imports("fsd.invert.pictures") if m.startswith("fsd.invert")]
+    assert "fsd.invert.pictures" in module_imports("fsd.invert.omissions")
+
+
+@pytest.mark.parametrize("module", ["fsd.invert.omissions", "fsd.invert.pictures"])
+def test_each_module_imports_first_in_a_fresh_interpreter(module):
+    done = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr

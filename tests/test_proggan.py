@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import math
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -273,3 +277,94 @@ def test_proggan_loader_reports_a_hash_mismatch(tmp_path):
     torch.save(tiny_generator().state_dict(), folder / "proggan_bedroom-d8a89ff1.pth")
     with pytest.raises(WeightsError, match="d8a89ff1"):
         fsd.invert.proggan("bedroom", weights_dir=tmp_path, progress=False)
+
+
+# -- which way the imports run ----------------------------------------------------------------------
+
+PACKAGE = Path(fsd.invert.__file__).resolve().parents[1]
+
+
+def module_imports(module: str) -> set[str]:
+    """The fsd modules ``module`` imports anywhere in its file: top level, functions, TYPE_CHECKING."""
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    if not path.is_file():
+        path = path.with_suffix("") / "__init__.py"
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            found.add(base)
+            # ``from fsd.invert import pictures`` imports the submodule fsd.invert.pictures.
+            found.update(f"{base}.{alias.name}" for alias in node.names
+                         if _is_module(f"{base}.{alias.name}"))
+    return {name for name in found if name == "fsd" or name.startswith("fsd.")}
+
+
+def _is_module(name: str) -> bool:
+    path = PACKAGE.parent / name.replace(".", "/")
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def fsd_modules(under: str = "") -> list[str]:
+    names = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        names.append(".".join(parts))
+    return [name for name in names if name == under or name.startswith(under + ".")] if under else names
+
+
+def import_cycle(modules: list[str]) -> list[str] | None:
+    """One import cycle among ``modules`` (each listed with its imports), or None."""
+    edges = {m: sorted(i for i in module_imports(m) if i in modules and i != m) for m in modules}
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        path.append(m)
+        for n in edges[m]:
+            if state.get(n) == 1:
+                return path[path.index(n):] + [n]
+            if n not in state and (cycle := visit(n)):
+                return cycle
+        path.pop()
+        state[m] = 2
+        return None
+
+    for m in modules:
+        if m not in state and (cycle := visit(m)):
+            return cycle
+    return None
+
+
+def test_the_core_package_never_imports_fsd_invert():
+    """fsd.invert builds on fsd.generators (latents, uint8 conversion); never the other way round.
+    Published generators are reached by name (``proggan:NAME``), as MODULE:NAME specs are."""
+    for module in fsd_modules():
+        if module == "fsd.invert" or module.startswith("fsd.invert."):
+            continue
+        assert not [m for m in module_imports(module) if m.startswith("fsd.invert")], module
+    assert "fsd.generators" in module_imports("fsd.invert.proggan")
+
+
+def test_fsd_invert_modules_import_in_one_direction():
+    assert import_cycle(fsd_modules("fsd.invert")) is None
+
+
+@pytest.mark.parametrize("module", ["fsd.generators", "fsd.invert.proggan", "fsd.invert.weights"])
+def test_each_module_imports_first_in_a_fresh_interpreter(module):
+    code = (f"import {module}\n"
+            "import fsd.generators as g\n"
+            "for family, loader in g.PUBLISHED_GENERATORS.items():\n"
+            "    assert callable(g._import_attribute(loader)), family\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=PACKAGE.parent)
+    assert done.returncode == 0, done.stderr

@@ -300,3 +300,30 @@ def test_training_on_cuda_matches_cpu():
     for stage in ("backbone", "inv4", "inv3", "inv2", "inv1"):
         assert gpu.history[stage][0] == pytest.approx(cpu.history[stage][0], rel=1e-2), stage  # TF32 convs
     assert np.isfinite(gpu.history["joint"]).all()
+
+
+def test_a_shortened_stage_keeps_the_papers_milestones_in_proportion():
+    short = EncoderTrainingConfig(backbone=100, layers=10, joint=20)
+    assert short.backbone == StageSchedule(100, 0.01)
+    assert short.layers == StageSchedule(10, 1e-4, (0.2, 0.6), 0.1) and short.layers.milestone_steps == (2, 6)
+    assert short.joint.milestones == (0.05, 0.15, 0.35) and short.joint.decay == 0.5
+    assert short.joint.milestone_steps == (1, 3, 7)  # 1, 3, 7 of 20: halves round up, never update 0
+    assert [short.joint.learning_rate(s) for s in (0, 1, 3, 7)] == pytest.approx([1e-5, 5e-6, 2.5e-6, 1.25e-6])
+    assert EncoderTrainingConfig().with_steps(layers=10, joint=20) == short.with_steps(backbone=10_000)
+    assert EncoderTrainingConfig(layers=StageSchedule(1, 1e-4, (0.2, 0.6))).layers.learning_rate(0) == 1e-4
+    assert EncoderTrainingConfig().layers.milestone_steps == (2000, 6000)
+    assert EncoderTrainingConfig().joint.milestone_steps == (5000, 15000, 35000)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(backbone=dict(steps=1)), r"backbone must be a StageSchedule or a number of steps.*dict"),
+    (dict(joint="100"), "joint must be a StageSchedule"),
+    (dict(layers=True), "layers must be a StageSchedule"),
+    (dict(batch_size=4.0), "batch_size must be an integer"),
+    (dict(cycle_weight="0.1"), "cycle_weight must be a number"),
+])
+def test_a_config_of_the_wrong_type_is_refused_at_construction(bad, match):
+    with pytest.raises(InputError, match=match):
+        EncoderTrainingConfig(**bad)
+    with pytest.raises(InputError, match="milestones must be fractions"):
+        StageSchedule(10, 0.1, "0.2")

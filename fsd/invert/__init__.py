@@ -8,8 +8,8 @@
 - `train_encoder`, `encoder_for`, `EncoderTrainingConfig`, `StageSchedule`: train an encoder for
   any split generator (the paper's recipe)
 - `invert_folder`, `invert_photos`, `OmissionReport`, `omissions_from_labels`: what the generator
-  drops from real photos, per photo and over a folder, with panels and an HTML page
-  (`fsd.invert.pictures`); ``python -m fsd.invert PHOTOS --generator proggan:church --out DIR``
+  drops from real photos, per photo and over a folder, with panels (`fsd.invert.pictures`) and an
+  HTML page; ``python -m fsd.invert PHOTOS --generator proggan:church --out DIR``
 
 Note: ``fsd.invert.proggan`` is the loader function; the module is ``fsd.invert.proggan`` too, so
 import from it with ``from fsd.invert.proggan import ...`` (as torchvision does with
@@ -45,6 +45,9 @@ from fsd.invert.encoder import (
     save_encoder,
 )
 from fsd.invert.train import (
+    PAPER_BACKBONE,
+    PAPER_JOINT,
+    PAPER_LAYERS,
     EncoderTraining,
     EncoderTrainingConfig,
     StageSchedule,
@@ -92,6 +95,9 @@ __all__ = [
     "EncoderTraining",
     "EncoderTrainingConfig",
     "StageSchedule",
+    "PAPER_BACKBONE",
+    "PAPER_LAYERS",
+    "PAPER_JOINT",
     "encoder_for",
     "train_encoder",
     "OmissionReport",

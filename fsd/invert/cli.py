@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from fsd._io import check_output_folder
 from fsd.cli import DefaultCommandGroup, run_guarded
 from fsd.errors import InputError, WeightsError
 
@@ -126,16 +127,13 @@ def _device(device: str | None):
     return torch.device(device) if device else default_device()
 
 
-def _features(spec: str, progress: bool):
-    """The perceptual network: ``vgg16`` (the paper's), ``none`` (pixel loss only), or MODULE:NAME."""
+def _features(spec: str):
+    """The perceptual network: ``vgg16`` (the paper's) and ``none`` (pixel loss only) as named, or the
+    module MODULE:NAME builds."""
     from torch import nn
 
-    from fsd.invert.inversion import vgg16_relu4_2
-
-    if spec == "vgg16":
-        return vgg16_relu4_2(progress=progress)
-    if spec == "none":
-        return nn.Identity()
+    if spec in ("vgg16", "none"):
+        return spec
     from fsd.generators import load_generator
 
     try:
@@ -169,13 +167,6 @@ def _load_start(encoder_path: str | None, published: str | None, weights_dir, pr
     if encoder_path is not None:
         return load_encoder(encoder_path).eval().requires_grad_(False)
     return encoder(published, weights_dir=weights_dir, progress=progress)
-
-
-def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"--out {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError(f"--out {out_dir} already holds files; choose an empty or new folder, or pass --overwrite")
 
 
 @cli.command("invert")
@@ -221,19 +212,20 @@ def invert_command(photos, generator_spec, out_dir, encoder_path, steps, lr, bat
         split = _parse_split(split_after, offset_layers)
         options = ReportOptions(min_loss=min_loss, legend_classes=legend_classes, rank_by=tuple(rank_by))
         config = InversionConfig(steps=steps, lr=lr, imagenet_normalization=imagenet_normalization,
-                                 feature_weight=0.0 if features_spec == "none" else 1.0,
                                  snapshot_steps=())
-        _check_out_dir(Path(out_dir), overwrite)  # before hours of work, not after
+        check_output_folder(out_dir, overwrite=overwrite)  # before the models load; created only once all is checked
         published = _published_encoder_name(encoder_path, generator_spec)
         run_device = _device(device)
         generator = _load_generator(generator_spec, run_device, weights_dir, progress)
         start = _load_start(encoder_path, published, weights_dir, progress)
-        features = _features(features_spec, progress)
+        features = _features(features_spec)
         segmenter = load_segmenter("upp", device=run_device, weights_dir=weights_dir, progress=progress)
         result = invert_folder(
             photos, out_dir, generator=generator, start=start, segmenter=segmenter, split=split,
             features=features, config=config, options=options, batch_size=batch_size, device=run_device,
             skip_bad_images=skip_bad_images, overwrite=overwrite, progress=progress,
+            provenance={"generator": generator_spec, "features": features_spec,
+                        "encoder": encoder_path or f"published encoder {published}"},
         )
         if as_json:
             click.echo(json.dumps({

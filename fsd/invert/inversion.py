@@ -7,7 +7,9 @@ layers, so that r = head(z0, d) and the reconstruction G_f(r) match x:
     loss = L1(x, G_f(r)) + L1(VGG(x), VGG(G_f(r))) + sum_i mean(d_i^2)
 
 with Adam (lr 0.01, halved after steps 800, 1200, 1800) for 3000 steps: the paper's settings, each
-an option of `InversionConfig`. r is never free: it stays the split layer's output.
+an option of `InversionConfig`. r is never free: it stays the split layer's output. VGG is the
+``features=`` argument: ``"vgg16"`` (the paper's), ``"none"`` (no feature term: pixels only), or
+any feature network.
 
 Every term is a mean over one image, and the optimized loss is the sum over images, so a batch
 behaves as independent runs (Adam is elementwise and eval-mode networks do not mix samples).
@@ -49,13 +51,17 @@ __all__ = [
     "ZInversionConfig",
     "ZInversionResult",
     "learning_rate",
+    "feature_network",
     "vgg16_relu4_2",
     "ImageNetNormalize",
     "invert_layer",
+    "check_layer_inversion",
     "invert_z",
 ]
 
 Start = torch.Tensor | Callable[[torch.Tensor], torch.Tensor]
+# The perceptual network of the loss: "vgg16" (the paper's), "none" (pixel loss only), or a module.
+Features = Literal["vgg16", "none"] | nn.Module
 
 
 @dataclass(frozen=True)
@@ -242,11 +248,107 @@ def _start_latents(
     return z0.detach().to(device=device, dtype=dtype)
 
 
-def _feature_network(
-    features: nn.Module | None, imagenet_normalization: bool, progress: bool
-) -> nn.Module:
-    network = features if features is not None else vgg16_relu4_2(progress=progress)
+def feature_network(features: Features = "vgg16", *, progress: bool = True) -> nn.Module | None:
+    """The perceptual network a ``features=`` argument names: ``"vgg16"`` the paper's (`vgg16_relu4_2`,
+    downloaded by torchvision on first use), ``"none"`` no network (``None``: the loss is pixels only),
+    or an ``nn.Module`` (any images -> features network), returned as is."""
+    if isinstance(features, nn.Module):
+        return features
+    if features == "vgg16":
+        return vgg16_relu4_2(progress=progress)
+    if features == "none":
+        return None
+    if features is None:
+        raise InputError(
+            "features=None is ambiguous: pass features='vgg16' (the paper's VGG16 to relu4_2), features='none' "
+            "(pixel loss only), or a feature network (an nn.Module)"
+        )
+    raise InputError(
+        f"features must be 'vgg16', 'none' or an nn.Module, got {features!r}"
+    )
+
+
+def _feature_network(features: Features, imagenet_normalization: bool, progress: bool) -> nn.Module | None:
+    network = feature_network(features, progress=progress)
+    if network is None:
+        if imagenet_normalization:
+            raise InputError(
+                "imagenet_normalization normalizes the feature network's input, but features='none' has no "
+                "feature network; drop one of them"
+            )
+        return None
     return nn.Sequential(ImageNetNormalize(), network) if imagenet_normalization else network
+
+
+def _modules(generator: nn.Module, feature_net: nn.Module | None, start: Start) -> list[nn.Module]:
+    """The networks a run moves to its device and freezes."""
+    return [generator, *([feature_net] if feature_net is not None else []),
+            *([start] if isinstance(start, nn.Module) else [])]
+
+
+def _check_offset_layers(split: LayerSplit) -> None:
+    if not split.offset_layers:
+        raise InputError(
+            f"the split after {split.split_after!r} names no offset layers, so layer inversion has nothing to "
+            "optimize: give LayerSplit(..., offset_layers=(...)), or use invert_z for a latent-only inversion"
+        )
+
+
+def _calling(what: str, call: Callable[[], object]) -> object:
+    """``call()``, its failure an `InputError` that says which part failed (out of memory stays itself)."""
+    try:
+        return call()
+    except torch.OutOfMemoryError:
+        raise
+    except InputError as error:
+        raise InputError(f"{what}: {error}") from error
+    except Exception as error:
+        raise InputError(f"{what} failed: {type(error).__name__}: {error}") from error
+
+
+def check_layer_inversion(
+    generator: nn.Module,
+    images: torch.Tensor,
+    start: Start,
+    *,
+    split: LayerSplit = PROGGAN_SPLIT,
+    features: Features = "vgg16",
+    config: InversionConfig = InversionConfig(),
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> None:
+    """Step 0 of `invert_layer` without optimizing: each network is called once and the shapes checked.
+
+    Arguments as `invert_layer`. Raises `InputError` naming the part that failed (the split, the
+    encoder, the generator, the feature network), so a long run can check its inputs before its
+    first step (`fsd.invert.invert_folder` checks the first photo before it writes anything).
+    """
+    images = _check_images(images)
+    _check_offset_layers(split)
+    splitter = SplitGenerator(generator, split)
+    feature_net = _feature_network(features, config.imagenet_normalization, progress)
+    modules = _modules(generator, feature_net, start)
+    run_device, dtype = _placement(generator, device)
+    for module in modules:
+        module.to(run_device)
+    with _frozen(modules), torch.no_grad():
+        x = images.detach().to(device=run_device, dtype=dtype)
+        z0 = _calling("the encoder (start)", lambda: _start_latents(start, x, run_device, dtype))
+
+        def generate() -> torch.Tensor:
+            return splitter(z0, splitter.zero_offsets(z0))[1]
+
+        reconstruction = _calling(f"the generator (split after {split.split_after!r})", generate)
+        if not isinstance(reconstruction, torch.Tensor) or reconstruction.shape != x.shape:
+            shape = tuple(reconstruction.shape) if isinstance(reconstruction, torch.Tensor) else type(reconstruction)
+            raise InputError(
+                f"the generator makes images of shape {shape}, but the targets have shape {tuple(x.shape)}; "
+                "resize the images to the generator's resolution"
+            )
+        if feature_net is not None:
+            target, made = _calling("the feature network", lambda: (feature_net(x), feature_net(reconstruction)))
+            if not isinstance(target, torch.Tensor) or target.shape != made.shape:
+                raise InputError("the feature network must return one tensor per image, of one shape for both")
 
 
 def _per_image_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -259,7 +361,7 @@ def invert_layer(
     start: Start,
     *,
     split: LayerSplit = PROGGAN_SPLIT,
-    features: nn.Module | None = None,
+    features: Features = "vgg16",
     config: InversionConfig = InversionConfig(),
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -268,19 +370,16 @@ def invert_layer(
 
     ``images``: ``(B, 3, H, W)`` in [-1, 1], H x W the generator's output size.
     ``start``: latents z0 ``(B, ...)``, or an encoder callable mapping the images (on ``device``)
-    to them. ``features``: the perceptual feature network; ``None`` loads torchvision's VGG16 to
-    relu4_2 (downloads on first use). ``device``: where to run; ``None`` uses the generator's.
+    to them. ``features``: the perceptual network (`feature_network`): ``"vgg16"``, torchvision's
+    VGG16 to relu4_2 (downloads on first use); ``"none"``, no feature term (pixel loss only, its
+    history zeros); or your ``nn.Module``. ``device``: where to run; ``None`` uses the generator's.
     The generator, feature network and (module) encoder are moved there (in place) and run frozen
     in eval mode; their training flags and ``requires_grad`` are restored afterwards.
     """
     images = _check_images(images)
-    if not split.offset_layers:
-        raise InputError(
-            f"the split after {split.split_after!r} names no offset layers, so layer inversion has nothing to "
-            "optimize: give LayerSplit(..., offset_layers=(...)), or use invert_z for a latent-only inversion"
-        )
+    _check_offset_layers(split)
     feature_net = _feature_network(features, config.imagenet_normalization, progress)
-    modules = [generator, feature_net] + ([start] if isinstance(start, nn.Module) else [])
+    modules = _modules(generator, feature_net, start)
     run_device, dtype = _placement(generator, device)
     for module in modules:
         module.to(run_device)
@@ -292,7 +391,7 @@ def invert_layer(
         x = images.detach().to(device=run_device, dtype=dtype)
         z0 = _start_latents(start, x, run_device, dtype)
         with torch.no_grad():
-            x_features = feature_net(x)
+            x_features = feature_net(x) if feature_net is not None else None
         offsets = [d.requires_grad_(True) for d in splitter.zero_offsets(z0)]
         optimizer = torch.optim.Adam(offsets, lr=config.lr) if offsets else None
         history = torch.zeros(config.steps + 1, 4, x.shape[0], dtype=torch.float64, device=run_device)
@@ -311,7 +410,8 @@ def invert_layer(
                             "the generator's resolution"
                         )
                     pixel = _per_image_l1(x, reconstruction)
-                    feature = _per_image_l1(x_features, feature_net(reconstruction))
+                    feature = (_per_image_l1(x_features, feature_net(reconstruction)) if feature_net is not None
+                               else torch.zeros_like(pixel))
                     penalty = sum(
                         (d.pow(2).flatten(1).mean(dim=1) for d in offsets),
                         torch.zeros_like(pixel),
@@ -403,7 +503,7 @@ def invert_z(
     images: torch.Tensor,
     start: Start,
     *,
-    features: nn.Module | None = None,
+    features: Features = "vgg16",
     config: ZInversionConfig = ZInversionConfig(),
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -416,7 +516,7 @@ def invert_z(
     """
     images = _check_images(images)
     feature_net = _feature_network(features, config.imagenet_normalization, progress)
-    modules = [generator, feature_net] + ([start] if isinstance(start, nn.Module) else [])
+    modules = _modules(generator, feature_net, start)
     run_device, dtype = _placement(generator, device)
     for module in modules:
         module.to(run_device)
@@ -443,7 +543,7 @@ def invert_z(
             for index in range(x_all.shape[0]):
                 x = x_all[index : index + 1]
                 with torch.no_grad():
-                    x_features = feature_net(x)
+                    x_features = feature_net(x) if feature_net is not None else None
                 z = z0_all[index : index + 1].clone().requires_grad_(True)
                 optimizer = torch.optim.LBFGS(
                     [z],
@@ -455,11 +555,10 @@ def invert_z(
 
                 def loss_of_z() -> torch.Tensor:
                     image = generator(z)
-                    return config.pixel_weight * _per_image_l1(
-                        x, image
-                    ).sum() + config.feature_weight * _per_image_l1(
-                        x_features, feature_net(image)
-                    ).sum()
+                    loss = config.pixel_weight * _per_image_l1(x, image).sum()
+                    if feature_net is not None:
+                        loss = loss + config.feature_weight * _per_image_l1(x_features, feature_net(image)).sum()
+                    return loss
 
                 def closure() -> torch.Tensor:
                     optimizer.zero_grad(set_to_none=True)

@@ -12,7 +12,8 @@ large positive difference is something the generator could not draw in that phot
   percentage points (1 by default); label 0 (no prediction) is never ranked.
 - `omissions_from_labels`: the report from label maps (any segmenter, or hand-made maps).
 - `invert_photos`: photos -> inversion -> segmentation, one `PhotoInversion` per photo.
-- `invert_folder`: all of it, written to an output folder:
+- `invert_folder`: all of it, written to an output folder, drawn with `fsd.invert.pictures`, and
+  `html_page` the folder's ``index.html``:
 
   ==================================  ===============================================================
   ``DIR/reconstructions/<name>.png``  the reconstruction G_f(r*), at the generator's resolution
@@ -47,16 +48,19 @@ Example (hand-made label maps with classes 0 "-", 1 "sky", 2 "person")::
 from __future__ import annotations
 
 import csv
+import hashlib
+import html
 import io
 import json
 import math
 import os
 import re
 import sys
-import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -64,11 +68,20 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from fsd._io import atomic_write_bytes, prepare_output_folder
+from fsd._text import plural, warn
+from fsd._io import atomic_write_bytes, check_output_folder, prepare_output_folder
 from fsd.errors import ImageReadError, InputError
 from fsd.generators import images_to_uint8, prepare_images
-from fsd.invert.inversion import InversionConfig, invert_layer, vgg16_relu4_2
-from fsd.invert.split import PROGGAN_SPLIT, LayerSplit
+from fsd.invert.inversion import (
+    Features,
+    InversionConfig,
+    _calling,
+    check_layer_inversion,
+    feature_network,
+    invert_layer,
+)
+from fsd.invert.pictures import contact_sheet, panel, thumbnail
+from fsd.invert.split import PROGGAN_SPLIT, LayerSplit, SplitGenerator
 from fsd.segmenters.base import Preprocessing, Segmenter, class_percentages
 from fsd.sources import MapSource, open_source
 
@@ -85,6 +98,9 @@ __all__ = [
     "OmissionFolder",
     "invert_folder",
     "output_names",
+    "html_page",
+    "describe_network",
+    "inversion_settings",
 ]
 
 DEFAULT_MIN_LOSS = 1.0
@@ -249,15 +265,34 @@ class OmissionReport:
         return self.real - self.reconstruction
 
     # -- lookups ----------------------------------------------------------------------------------
-    def photo_index(self, photo: int | str) -> int:
+    def photo_index(self, photo: int | str | os.PathLike[str]) -> int:
+        """A photo by position, by its id (path), or, when that is unique in the report, by its file name
+        (``"astronaut.jpg"``), its stem (``"astronaut"``) or its output name (``"img_000-2"``)."""
         if isinstance(photo, (int, np.integer)) and not isinstance(photo, bool):
             if not 0 <= photo < self.n:
                 raise InputError(f"photo index {photo} is out of range: the report holds {self.n} photos")
             return int(photo)
-        try:
-            return self.ids.index(str(photo))
-        except ValueError:
-            raise InputError(f"no photo {photo!r} in the report") from None
+        wanted = os.fspath(photo) if isinstance(photo, os.PathLike) else str(photo)
+        if wanted in self.ids:
+            return self.ids.index(wanted)
+        paths = [os.path.normpath(ident.replace("\\", "/")) for ident in self.ids]
+        names = [os.path.basename(path) for path in paths]
+        ways = (
+            ("path", paths, os.path.normpath(wanted.replace("\\", "/"))),
+            ("file name", names, wanted),
+            ("stem", [os.path.splitext(name)[0] for name in names], wanted),
+            ("output name", output_names(self.ids), wanted),
+        )
+        for way, keys, key in ways:
+            found = [k for k, candidate in enumerate(keys) if candidate == key]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                raise InputError(f"photo {wanted!r} is ambiguous: {plural(len(found), 'photo')} have that {way} ("
+                                 + ", ".join(self.ids[k] for k in found[:5]) + "); give the full path")
+        shown = ", ".join(self.ids[:3]) + (", ..." if self.n > 3 else "")
+        raise InputError(f"no photo {wanted!r} among the report's {plural(self.n, 'photo')} ({shown}); give "
+                         "a photo's path, file name, stem or position")
 
     def class_index(self, cls: int | str) -> int:
         """A class by index, by full name, or by its first word (``"person"``); see `find_class`."""
@@ -405,41 +440,80 @@ def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[object
 
 
 def omissions_from_labels(
-    real_labels: torch.Tensor,
-    reconstruction_labels: torch.Tensor,
+    real_labels: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
+    reconstruction_labels: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
     class_names: Sequence[str],
     *,
     ids: Sequence[str] | None = None,
     min_loss: float = DEFAULT_MIN_LOSS,
 ) -> OmissionReport:
-    """The report from label maps ``(N, H, W)`` of the photos and of their reconstructions."""
-    if real_labels.shape[0] != reconstruction_labels.shape[0] or real_labels.dim() != 3 \
-            or reconstruction_labels.dim() != 3:
+    """The report from the label maps of the photos and of their reconstructions.
+
+    Each side is integer label maps ``(N, H, W)``: a tensor, a numpy array, or a sequence of ``(H, W)``
+    maps (such as the ``photo_labels`` / ``reconstruction_labels`` of `PhotoInversion` items).
+    """
+    real_maps = _label_maps(real_labels, "real_labels")
+    reconstruction_maps = _label_maps(reconstruction_labels, "reconstruction_labels")
+    if real_maps.shape[0] != reconstruction_maps.shape[0]:
         raise InputError(
-            f"need label maps (N, H, W) for N photos and N reconstructions, got {tuple(real_labels.shape)} "
-            f"and {tuple(reconstruction_labels.shape)}"
+            f"need label maps (N, H, W) for N photos and N reconstructions, got {tuple(real_maps.shape)} "
+            f"and {tuple(reconstruction_maps.shape)}"
         )
     count = len(class_names)
     try:
-        real = class_percentages(real_labels.cpu(), count).numpy()
-        reconstruction = class_percentages(reconstruction_labels.cpu(), count).numpy()
+        real = class_percentages(real_maps, count).numpy()
+        reconstruction = class_percentages(reconstruction_maps, count).numpy()
     except ValueError as error:
         raise InputError(f"label maps do not fit {count} classes: {error}") from None
     ids = list(ids) if ids is not None else [f"photo[{k}]" for k in range(real.shape[0])]
     return OmissionReport(tuple(ids), tuple(class_names), real, reconstruction, min_loss)
 
 
+def _label_maps(labels: object, what: str) -> torch.Tensor:
+    """Label maps as an int64 CPU tensor ``(N, H, W)``, from a tensor, an array or a sequence of maps."""
+    if isinstance(labels, (list, tuple)):
+        if not labels:
+            raise InputError(f"{what} is empty: no label maps")
+        maps = [_label_tensor(m, f"{what}[{k}]") for k, m in enumerate(labels)]
+        for k, m in enumerate(maps):
+            if m.dim() != 2:
+                raise InputError(f"{what}[{k}] must be one label map (H, W), got shape {tuple(m.shape)}")
+        sizes = sorted({tuple(m.shape) for m in maps})
+        if len(sizes) > 1:
+            raise InputError(f"{what}: the label maps differ in size: {sizes}")
+        return torch.stack(maps)
+    maps = _label_tensor(labels, what)
+    if maps.dim() != 3:
+        hint = "; wrap one photo's (H, W) map in a list" if maps.dim() == 2 else ""
+        raise InputError(f"{what} must be label maps (N, H, W), got shape {tuple(maps.shape)}{hint}")
+    return maps
+
+
+def _label_tensor(labels: object, what: str) -> torch.Tensor:
+    if isinstance(labels, np.ndarray):
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise InputError(f"{what} must hold integer class ids, got a {labels.dtype} array")
+        labels = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64, copy=False))
+    if not isinstance(labels, torch.Tensor):
+        raise InputError(f"{what} must be label maps (a tensor, a numpy array or a list of maps), got "
+                         f"{type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise InputError(f"{what} must hold integer class ids, got {labels.dtype}")
+    return labels.cpu().long()
+
+
 # -- running the inversion over photos --------------------------------------------------------------
 
 @dataclass
 class PhotoInversion:
-    """One photo's inversion and segmentations.
+    """One photo's inversion and segmentations, each named ``photo*`` or ``reconstruction*``.
 
-    ``photo`` and ``reconstruction``: uint8 ``(S, S, 3)`` as segmented (S: the segmenter's size);
-    ``generated``: the reconstruction and ``encoder_only`` the step-0 reconstruction, uint8
-    ``(H, W, 3)`` at the generator's resolution; ``photo_labels`` / ``reconstruction_labels``: int64
-    ``(S, S)``; ``real`` / ``reconstructed``: float64 ``(C,)`` percentages; ``loss``: the inversion's
-    first and last total loss.
+    ``photo`` and ``reconstruction``: the images, uint8 ``(S, S, 3)`` as segmented (S: the
+    segmenter's size); ``photo_labels`` / ``reconstruction_labels``: their label maps, int64
+    ``(S, S)``; ``photo_percentages`` / ``reconstruction_percentages``: their per-class pixel
+    percentages, float64 ``(C,)``. ``generated``: the reconstruction and ``encoder_only`` the step-0
+    reconstruction, uint8 ``(H, W, 3)`` at the generator's resolution; ``loss``: the inversion's
+    first and last total loss. (``real`` and ``reconstructed`` are deprecated names of the percentages.)
     """
 
     id: str
@@ -449,9 +523,19 @@ class PhotoInversion:
     encoder_only: np.ndarray
     photo_labels: np.ndarray
     reconstruction_labels: np.ndarray
-    real: np.ndarray
-    reconstructed: np.ndarray
+    photo_percentages: np.ndarray
+    reconstruction_percentages: np.ndarray
     loss: tuple[float, float]
+
+    @property
+    def real(self) -> np.ndarray:
+        warn("PhotoInversion.real is deprecated: use photo_percentages", DeprecationWarning)
+        return self.photo_percentages
+
+    @property
+    def reconstructed(self) -> np.ndarray:
+        warn("PhotoInversion.reconstructed is deprecated: use reconstruction_percentages", DeprecationWarning)
+        return self.reconstruction_percentages
 
 
 def _generator_resolution(generator: nn.Module, start: object) -> int | None:
@@ -479,7 +563,7 @@ def invert_photos(
     segmenter: Segmenter,
     *,
     split: LayerSplit = PROGGAN_SPLIT,
-    features: nn.Module | None = None,
+    features: Features = "vgg16",
     config: InversionConfig = InversionConfig(),
     batch_size: int = 8,
     device: str | torch.device | None = None,
@@ -491,12 +575,53 @@ def invert_photos(
     """Invert and segment each photo, ``batch_size`` photos at a time (they are independent runs).
 
     ``photos``: a folder or anything `fsd.sources.open_source` reads. ``start``: the encoder (image
-    -> latents). ``features``: the perceptual network (default torchvision's VGG16 to relu4_2,
-    loaded once). ``resolution``: the generator's output size, when neither the generator
+    -> latents). ``features``: the perceptual network, ``"vgg16"`` (the paper's, loaded once),
+    ``"none"`` (pixel loss only) or a module (see `fsd.invert.inversion.feature_network`). ``resolution``: the generator's output size, when neither the generator
     (``resolution`` attribute) nor the encoder tells it; default: the segmenter's size.
+
+    Everything is checked when this is called, before the first inversion step: every photo is
+    opened, and the encoder, generator, split, feature network and segmenter run once on the first
+    photo (`fsd.invert.inversion.check_layer_inversion`); the returned iterator then does the work.
     Unreadable photos raise `ImageReadError`, or with ``skip_bad_images`` are appended to
     ``skipped`` as ``(identity, reason)`` and left out.
     """
+    plan = _plan_inversions(photos, generator, start, segmenter, split=split, features=features, config=config,
+                            batch_size=batch_size, device=device, resolution=resolution,
+                            skip_bad_images=skip_bad_images, progress=progress)
+    if skipped is not None:
+        skipped.extend(plan.skipped)
+    return _run_inversions(plan, generator, start, segmenter, split=split, config=config, device=device,
+                           progress=progress)
+
+
+@dataclass
+class _Plan:
+    """What the checks before an inversion run found: the photos to invert and how to read them."""
+
+    source: MapSource
+    indices: list[int]
+    skipped: list[tuple[str, str]]
+    segmenter_input: Preprocessing
+    generator_input: Preprocessing
+    features: nn.Module | Literal["none"]
+    batch_size: int
+
+
+def _plan_inversions(
+    photos: object,
+    generator: nn.Module,
+    start: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    segmenter: Segmenter,
+    *,
+    split: LayerSplit,
+    features: Features,
+    config: InversionConfig,
+    batch_size: int,
+    device: str | torch.device | None,
+    resolution: int | None,
+    skip_bad_images: bool,
+    progress: bool,
+) -> _Plan:
     source = open_source(photos)
     if not isinstance(source, MapSource):
         raise InputError("saved statistics hold no photos; pass a folder of photos")
@@ -507,31 +632,72 @@ def invert_photos(
     seg_prep = segmenter.preprocessing
     size = resolution or _generator_resolution(generator, start) or seg_prep.size
     gen_prep = Preprocessing("rgb", size, seg_prep.resample)
-    if features is None:
-        features = vgg16_relu4_2(progress=progress)
-    skipped = skipped if skipped is not None else []
-    bar = tqdm(total=len(source), desc="photos", unit="photo", file=sys.stderr, disable=not progress)
+    SplitGenerator(generator, split)  # layer names, before the photos are read
+    network = feature_network(features, progress=progress)  # VGG loaded once, for every batch
+    if network is None and config.imagenet_normalization:
+        raise InputError("imagenet_normalization (--imagenet-normalization) normalizes the feature network's "
+                         "input, but features='none' (--features none) has no feature network; drop one of them")
+    features = network if network is not None else "none"
+    indices, skipped = _readable_photos(source, seg_prep, skip_bad_images, progress)
+    if not indices:
+        raise InputError(f"no readable photos in {source.description or photos}: nothing to invert")
+    first = indices[0]
+    ident = source.identity(first)
+    x = torch.from_numpy(np.ascontiguousarray(source.read(first, gen_prep)))[None].to(torch.float32) / 127.5 - 1
     try:
-        for first in range(0, len(source), batch_size):
-            ids, seen, inputs = [], [], []
-            for index in range(first, min(first + batch_size, len(source))):
-                try:
-                    as_segmented = source.read(index, seg_prep)
-                    as_input = as_segmented if gen_prep == seg_prep else source.read(index, gen_prep)
-                except ImageReadError as error:
-                    if not skip_bad_images:
-                        raise
-                    skipped.append((source.identity(index), error.reason))
-                    continue
-                ids.append(source.identity(index))
-                seen.append(torch.from_numpy(as_segmented))
-                inputs.append(torch.from_numpy(np.ascontiguousarray(as_input)))
-            if not ids:
-                bar.update(min(first + batch_size, len(source)) - first)
-                continue
+        check_layer_inversion(generator, x, start, split=split, features=features, config=config, device=device,
+                              progress=progress)
+    except InputError as error:
+        raise InputError(f"inverting the first photo {ident}: {error}") from error
+    photo = torch.from_numpy(np.ascontiguousarray(source.read(first, seg_prep)))[None]
+    labels = _calling(f"the segmenter, on {ident}", lambda: segmenter.segment(photo.to(segmenter.device)))
+    if not isinstance(labels, torch.Tensor) or tuple(labels.shape) != (1, seg_prep.size, seg_prep.size):
+        raise InputError(f"the segmenter must return label maps (N, {seg_prep.size}, {seg_prep.size}), "
+                         f"got {getattr(labels, 'shape', type(labels).__name__)}")
+    return _Plan(source, indices, skipped, seg_prep, gen_prep, features, batch_size)
+
+
+def _readable_photos(
+    source: MapSource, preprocessing: Preprocessing, skip_bad_images: bool, progress: bool
+) -> tuple[list[int], list[tuple[str, str]]]:
+    """Open every photo before any inversion (a broken last photo must not cost the run's hours)."""
+    indices, skipped = [], []
+    for index in tqdm(range(len(source)), desc="checking photos", unit="photo", file=sys.stderr,
+                      disable=not progress, leave=False):
+        try:
+            source.read(index, preprocessing)
+        except ImageReadError as error:
+            if not skip_bad_images:
+                raise
+            skipped.append((source.identity(index), error.reason))
+            continue
+        indices.append(index)
+    return indices, skipped
+
+
+def _run_inversions(
+    plan: _Plan,
+    generator: nn.Module,
+    start: nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    segmenter: Segmenter,
+    *,
+    split: LayerSplit,
+    config: InversionConfig,
+    device: str | torch.device | None,
+    progress: bool,
+) -> Iterator[PhotoInversion]:
+    source, seg_prep, gen_prep = plan.source, plan.segmenter_input, plan.generator_input
+    bar = tqdm(total=len(plan.indices), desc="photos", unit="photo", file=sys.stderr, disable=not progress)
+    try:
+        for first in range(0, len(plan.indices), plan.batch_size):
+            batch = plan.indices[first:first + plan.batch_size]
+            ids = [source.identity(index) for index in batch]
+            seen = [torch.from_numpy(source.read(index, seg_prep)) for index in batch]
+            inputs = seen if gen_prep == seg_prep else [
+                torch.from_numpy(np.ascontiguousarray(source.read(index, gen_prep))) for index in batch]
             real_uint8 = torch.stack(seen)
             x = torch.stack(inputs).to(torch.float32) / 127.5 - 1
-            result = invert_layer(generator, x, start, split=split, features=features, config=config,
+            result = invert_layer(generator, x, start, split=split, features=plan.features, config=config,
                                   device=device, progress=progress)
             generated = images_to_uint8(result.reconstruction, (-1.0, 1.0), "the reconstruction")
             encoder_only = images_to_uint8(result.initial_reconstruction, (-1.0, 1.0),
@@ -554,11 +720,11 @@ def invert_photos(
                     encoder_only=encoder_hwc[k],
                     photo_labels=real_labels[k].numpy(),
                     reconstruction_labels=recon_labels[k].numpy(),
-                    real=real_pct[k],
-                    reconstructed=recon_pct[k],
+                    photo_percentages=real_pct[k],
+                    reconstruction_percentages=recon_pct[k],
                     loss=(float(result.losses.total[0, k]), float(result.losses.total[-1, k])),
                 )
-            bar.update(min(first + batch_size, len(source)) - first)
+            bar.update(len(batch))
     finally:
         bar.close()
 
@@ -635,6 +801,181 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
+_STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #141414; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+td.name, th.name { text-align: left; }
+.photo { display: inline-block; vertical-align: top; margin: 0 1.5em 2em 0; max-width: 540px; }
+.photo img { max-width: 100%; }
+.id { color: #666; font-size: 85%; word-break: break-all; }
+"""
+
+
+def _link(path: str) -> str:
+    return html.escape(quote(path), quote=True)
+
+
+def html_page(
+    report: OmissionReport,
+    names: Sequence[str],
+    *,
+    rankings: Mapping[int, str] | None = None,
+    title: str = "What the generator could not reconstruct",
+    legend_classes: int = 8,
+    table_rows: int = 30,
+    differs_from_paper: Sequence[str] = (),
+) -> str:
+    """``index.html`` of an output folder: every link is relative to it (see `fsd.invert.omissions`).
+
+    ``names``: each photo's output name (``panels/<name>.png`` ...); ``rankings``: class index ->
+    ranking CSV file name, for the classes to rank the photos by; ``differs_from_paper``: the
+    settings that are not the paper's (`inversion_settings`), stated at the top of the page.
+    """
+    if len(names) != report.n:
+        raise InputError(f"got {len(names)} names for {report.n} photos")
+    rankings = dict(rankings or {})
+    esc = html.escape
+    anchor = {ident: f"photo-{name}" for ident, name in zip(report.ids, names)}
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        f"<p>{report.n} photos. Each photo was inverted through the generator; the photo and its "
+        "reconstruction were segmented, and a class counts as <em>lost</em> in a photo when the "
+        f"reconstruction holds at least {report.min_loss:g} percentage points less of it. "
+        "Losses are in percentage points of the image area.</p>",
+        '<p>Tables: <a href="omissions.csv">omissions.csv</a> (per class), '
+        '<a href="omissions_by_photo.csv">omissions_by_photo.csv</a> (per photo and class), '
+        '<a href="omissions.json">omissions.json</a>. '
+        '<a href="contact_sheet.png">Contact sheet</a>.</p>',
+    ]
+    if differs_from_paper:
+        parts.append("<p><strong>Not the paper's settings:</strong> " + "; ".join(map(esc, differs_from_paper))
+                     + ".</p>")
+    parts.append("<h2>Classes lost most often</h2>")
+    rows = [r for r in report.classes() if r.photos_lost > 0][:table_rows]
+    if rows:
+        parts.append(
+            '<table><tr><th>#</th><th class="name">class</th><th>lost in</th><th>mean loss</th>'
+            "<th>max loss</th><th>photo %</th><th>reconstruction %</th></tr>"
+        )
+        for rank, row in enumerate(rows, start=1):
+            name = esc(row.name)
+            if row.index in rankings:
+                name = f'<a href="#ranking-{row.index}">{name}</a>'
+            parts.append(
+                f'<tr><td>{rank}</td><td class="name">{name}</td><td>{row.photos_lost} / {report.n}</td>'
+                f"<td>{row.mean_loss_when_lost:.2f}</td><td>{row.max_loss:.2f}</td>"
+                f"<td>{row.mean_real:.2f}</td><td>{row.mean_reconstruction:.2f}</td></tr>"
+            )
+        parts.append("</table>")
+    else:
+        parts.append(f"<p>No class was lost by {report.min_loss:g} percentage points or more.</p>")
+
+    for c, file_name in rankings.items():
+        parts.append(f'<h2 id="ranking-{c}">Photos ranked by lost {esc(report.class_names[c])}</h2>')
+        parts.append(f'<p><a href="{_link(file_name)}">{esc(file_name)}</a></p><ol>')
+        for rank in report.photos_by_class(c):
+            parts.append(
+                f'<li><a href="#{_link(anchor[rank.photo])}">{esc(names[report.ids.index(rank.photo)])}</a>: '
+                f"{rank.real:.2f}% in the photo, {rank.reconstruction:.2f}% in the reconstruction "
+                f"({rank.difference:+.2f})</li>"
+            )
+        parts.append("</ol>")
+
+    parts.append("<h2>Photos</h2>")
+    for k, (ident, name) in enumerate(zip(report.ids, names)):
+        lost = report.lost_in(k, top_k=legend_classes)
+        lost_text = ", ".join(f"{esc(c.label)} ({c.difference:.1f})" for c in lost) or "nothing"
+        panel_path = f"panels/{name}.png"
+        parts.append(
+            f'<div class="photo" id="{esc(anchor[ident], quote=True)}"><h3>{esc(name)}</h3>'
+            f'<div class="id">{esc(ident)}</div>'
+            f'<a href="{_link(panel_path)}"><img src="{_link(panel_path)}" alt="{esc(name, quote=True)}" '
+            'loading="lazy"></a>'
+            f"<p>Lost: {lost_text}</p>"
+            f'<p><a href="{_link(f"reconstructions/{name}.png")}">reconstruction</a> &middot; '
+            f'<a href="{_link(f"encoder_only/{name}.png")}">encoder only</a></p></div>'
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+FEATURE_NETWORKS = {
+    "vgg16": "torchvision's VGG16 with ImageNet weights (IMAGENET1K_V1), features[:21]: through relu4_2",
+    "none": "none: the loss is pixels and offsets only",
+}
+
+
+def describe_network(network: object) -> dict[str, object]:
+    """What identifies a network in the settings: its class and, for a module, its parameter count
+    and the SHA-256 of its state dict (names, dtypes, shapes and values), so two runs can tell whether
+    they used the same weights."""
+    kind = type(network)
+    record: dict[str, object] = {"class": f"{kind.__module__}.{kind.__qualname__}"}
+    if isinstance(network, nn.Module):
+        digest = hashlib.sha256()
+        for name, tensor in network.state_dict().items():
+            values = tensor.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"{name} {values.dtype} {tuple(tensor.shape)}\n".encode())
+            digest.update(values.view(torch.uint8).numpy())
+        record["parameters"] = sum(p.numel() for p in network.parameters())
+        record["sha256"] = digest.hexdigest()
+        architecture = getattr(network, "architecture", None)
+        if isinstance(architecture, dict):
+            record["architecture"] = architecture
+    return record
+
+
+def inversion_settings(
+    generator: nn.Module,
+    start: object,
+    features: Features,
+    config: InversionConfig,
+    split: LayerSplit,
+    provenance: Mapping[str, str] | None = None,
+) -> dict[str, object]:
+    """The ``settings`` of ``omissions.json``: every number of the inversion, the networks
+    (`describe_network`), and ``differs_from_paper``, each setting that is not the paper's, so a
+    pixel-only or shortened run cannot pass for the paper's (``paper`` is true when none differs)."""
+    if isinstance(features, str):
+        feature_record: dict[str, object] = {"name": features, "network": FEATURE_NETWORKS.get(features, features)}
+    else:
+        feature_record = {"name": "module", **describe_network(features)}
+    networks = {"generator": describe_network(generator), "encoder": describe_network(start),
+                "features": feature_record}
+    for role, given in (provenance or {}).items():
+        if role not in networks:
+            raise InputError(f"provenance names {role!r}; it may name the generator, encoder and features")
+        networks[role] = {"given_as": given, **networks[role]}
+    paper = InversionConfig()
+    differs = [] if feature_record["name"] == "vgg16" else [f"features: {feature_record['name']} (the paper's: vgg16)"]
+    for name in ("steps", "lr", "lr_milestones", "lr_decay", "pixel_weight", "feature_weight", "offset_weight",
+                 "imagenet_normalization"):
+        value, expected = getattr(config, name), getattr(paper, name)
+        if value != expected:
+            differs.append(f"{name}: {value} (the paper's: {expected})")
+    if split != PROGGAN_SPLIT:
+        differs.append(f"split after {split.split_after}, offsets at {', '.join(split.offset_layers)} (the paper's: "
+                       f"after {PROGGAN_SPLIT.split_after}, offsets at {', '.join(PROGGAN_SPLIT.offset_layers)})")
+    return {
+        "paper": not differs,
+        "differs_from_paper": differs,
+        "steps": config.steps,
+        "lr": config.lr,
+        "lr_milestones": list(config.lr_milestones),
+        "lr_decay": config.lr_decay,
+        "loss_weights": {"pixel": config.pixel_weight, "feature": config.feature_weight,
+                         "offset": config.offset_weight},
+        "normalization": "imagenet" if config.imagenet_normalization else "none",
+        "split": {"split_after": split.split_after, "offset_layers": list(split.offset_layers)},
+        **networks,
+    }
+
+
+
 def invert_folder(
     photos: object,
     out_dir: str | os.PathLike[str],
@@ -643,7 +984,7 @@ def invert_folder(
     start: nn.Module | Callable[[torch.Tensor], torch.Tensor],
     segmenter: Segmenter,
     split: LayerSplit = PROGGAN_SPLIT,
-    features: nn.Module | None = None,
+    features: Features = "vgg16",
     config: InversionConfig = InversionConfig(),
     options: ReportOptions = ReportOptions(),
     batch_size: int = 8,
@@ -652,17 +993,26 @@ def invert_folder(
     skip_bad_images: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    provenance: Mapping[str, str] | None = None,
 ) -> OmissionFolder:
     """Invert every photo, segment both images, and write the output folder (module docstring).
 
     Arguments as `invert_photos`; ``options`` shapes the report; ``overwrite`` allows writing
-    into a folder that already holds files. Returns the report and the paths written.
+    into a folder that already holds files. ``provenance``: how the ``generator``, ``encoder`` and
+    ``features`` were named (e.g. ``{"generator": "proggan:church"}``), kept with their settings in
+    ``omissions.json`` (see `inversion_settings`). Returns the report and the paths written.
     """
-    from fsd.invert import pictures
-
-    out = Path(out_dir)
+    # Every check before the first inversion step, and the output folder made only once they all pass.
+    out = check_output_folder(out_dir, overwrite=overwrite)
     class_names = tuple(segmenter.class_names)
-    rank_classes = [find_class(class_names, c) for c in options.rank_by]  # fail before hours of inversion
+    rank_classes = [find_class(class_names, c) for c in options.rank_by]
+    skipped: list[tuple[str, str]] = []
+    inversions = invert_photos(photos, generator, start, segmenter, split=split, features=features,
+                               config=config, batch_size=batch_size, device=device, resolution=resolution,
+                               skip_bad_images=skip_bad_images, skipped=skipped, progress=progress)
+    if skipped:
+        listing = "\n".join(f"  {ident}: {reason}" for ident, reason in skipped)
+        warn(f"skipping {plural(len(skipped), 'unreadable photo')}:\n{listing}")
     _prepare_out_dir(out, overwrite)
 
     ids: list[str] = []
@@ -672,30 +1022,22 @@ def invert_folder(
     thumbnails: list[Image.Image] = []
     used_names: set[str] = set()
     names: list[str] = []
-    skipped: list[tuple[str, str]] = []
-    for item in invert_photos(photos, generator, start, segmenter, split=split, features=features,
-                              config=config, batch_size=batch_size, device=device, resolution=resolution,
-                              skip_bad_images=skip_bad_images, skipped=skipped, progress=progress):
+    for item in inversions:
         name = _unique(output_names([item.id])[0], used_names)
         names.append(name)
         ids.append(item.id)
-        real_rows.append(item.real)
-        recon_rows.append(item.reconstructed)
+        real_rows.append(item.photo_percentages)
+        recon_rows.append(item.reconstruction_percentages)
         losses.append(item.loss)
         _save_png(item.generated, out / "reconstructions" / f"{name}.png")
         _save_png(item.encoder_only, out / "encoder_only" / f"{name}.png")
-        panel = pictures.panel(
+        drawn = panel(
             item.photo, item.reconstruction, item.photo_labels, item.reconstruction_labels, class_names,
             legend_classes=options.legend_classes, title=name,
         )
-        _save_png(np.asarray(panel), out / "panels" / f"{name}.png")
+        _save_png(np.asarray(drawn), out / "panels" / f"{name}.png")
         if len(thumbnails) < options.contact_sheet_photos:
-            thumbnails.append(pictures.thumbnail(panel))
-    if skipped:
-        listing = "\n".join(f"  {ident}: {reason}" for ident, reason in skipped)
-        warnings.warn(f"skipped {len(skipped)} unreadable photo(s):\n{listing}", stacklevel=2)
-    if not ids:
-        raise InputError("no readable photos: nothing was inverted")
+            thumbnails.append(thumbnail(drawn))
 
     count = len(class_names)
     report = OmissionReport(tuple(ids), class_names, np.stack(real_rows).reshape(-1, count),
@@ -715,7 +1057,7 @@ def invert_folder(
         report.write_ranking_csv(out / file_name, c, names)
         files[f"ranked_{c}"] = out / file_name
         rankings[c] = file_name
-    sheet = pictures.contact_sheet(thumbnails, names[: len(thumbnails)], columns=options.columns)
+    sheet = contact_sheet(thumbnails, names[: len(thumbnails)], columns=options.columns)
     _save_png(np.asarray(sheet), files["contact_sheet"])
 
     payload = report.to_dict(names)
@@ -726,19 +1068,15 @@ def invert_folder(
             "panel": f"panels/{name}.png",
         }
         entry["inversion_loss"] = {"initial": initial, "final": final}
-    payload["settings"] = {
-        "steps": config.steps,
-        "lr": config.lr,
-        "split": {"split_after": split.split_after, "offset_layers": list(split.offset_layers)},
-        "segmenter": getattr(segmenter, "name", type(segmenter).__name__),
-        "segmenter_weights": getattr(segmenter, "weights_id", ""),
-    }
+    payload["settings"] = inversion_settings(generator, start, features, config, split, provenance)
+    payload["settings"].update(segmenter=getattr(segmenter, "name", type(segmenter).__name__),
+                               segmenter_weights=getattr(segmenter, "weights_id", ""))
     payload["rankings"] = {class_names[c]: file_name for c, file_name in rankings.items()}
     payload["skipped"] = [{"id": ident, "reason": reason} for ident, reason in skipped]
     atomic_write_bytes(files["json"], json.dumps(payload, indent=1, allow_nan=False).encode("utf-8"))
-    html = pictures.html_page(report, names, rankings=rankings, title=options.title,
-                              legend_classes=options.legend_classes)
-    atomic_write_bytes(files["html"], html.encode("utf-8"))
+    page = html_page(report, names, rankings=rankings, title=options.title,
+                     legend_classes=options.legend_classes, differs_from_paper=payload["settings"]["differs_from_paper"])
+    atomic_write_bytes(files["html"], page.encode("utf-8"))
     return OmissionFolder(report=report, names=names, files=files, skipped=skipped)
 
 

@@ -10,29 +10,24 @@ Drawn with PIL alone (matplotlib is an optional extra of the package):
   (the commonest classes have the smallest ids in the segmenter's list); higher ids step around
   the hue circle by the golden angle, alternating three saturation/brightness levels.
 - `contact_sheet`: a grid of thumbnails with captions.
-- `html_page`: the page ``index.html`` of an output folder (see `fsd.invert.omissions`): the class
-  table, optional rankings and every panel, linked by relative paths, no external resources.
+
+Pictures only: this module knows nothing of reports or output folders (`fsd.invert.omissions` draws
+with it, and writes the HTML page that shows the pictures).
 """
 
 from __future__ import annotations
 
 import colorsys
-import html
 import math
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
-from urllib.parse import quote
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from fsd.errors import InputError
 
-if TYPE_CHECKING:
-    from fsd.invert.omissions import OmissionReport
-
 __all__ = ["KELLY_COLORS", "class_color", "palette", "colorize", "legend_entries", "panel", "thumbnail",
-           "contact_sheet", "html_page"]
+           "contact_sheet"]
 
 # Kelly (1965), "Twenty-two colors of maximum contrast", without white and black.
 KELLY_COLORS: tuple[tuple[int, int, int], ...] = (
@@ -213,100 +208,3 @@ def contact_sheet(
         canvas.paste(tile, (x, y))
         draw.text((x, y + tile.height + 2), _fit(draw, caption, font, width), fill=INK, font=font)
     return canvas
-
-
-_STYLE = """
-body { font-family: sans-serif; margin: 2em; color: #141414; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-td.name, th.name { text-align: left; }
-.photo { display: inline-block; vertical-align: top; margin: 0 1.5em 2em 0; max-width: 540px; }
-.photo img { max-width: 100%; }
-.id { color: #666; font-size: 85%; word-break: break-all; }
-"""
-
-
-def _link(path: str) -> str:
-    return html.escape(quote(path), quote=True)
-
-
-def html_page(
-    report: OmissionReport,
-    names: Sequence[str],
-    *,
-    rankings: Mapping[int, str] | None = None,
-    title: str = "What the generator could not reconstruct",
-    legend_classes: int = 8,
-    table_rows: int = 30,
-) -> str:
-    """``index.html`` of an output folder: every link is relative to it (see `fsd.invert.omissions`).
-
-    ``names``: each photo's output name (``panels/<name>.png`` ...); ``rankings``: class index ->
-    ranking CSV file name, for the classes to rank the photos by.
-    """
-    if len(names) != report.n:
-        raise InputError(f"got {len(names)} names for {report.n} photos")
-    rankings = dict(rankings or {})
-    esc = html.escape
-    anchor = {ident: f"photo-{name}" for ident, name in zip(report.ids, names)}
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{esc(title)}</h1>",
-        f"<p>{report.n} photos. Each photo was inverted through the generator; the photo and its "
-        "reconstruction were segmented, and a class counts as <em>lost</em> in a photo when the "
-        f"reconstruction holds at least {report.min_loss:g} percentage points less of it. "
-        "Losses are in percentage points of the image area.</p>",
-        '<p>Tables: <a href="omissions.csv">omissions.csv</a> (per class), '
-        '<a href="omissions_by_photo.csv">omissions_by_photo.csv</a> (per photo and class), '
-        '<a href="omissions.json">omissions.json</a>. '
-        '<a href="contact_sheet.png">Contact sheet</a>.</p>',
-        "<h2>Classes lost most often</h2>",
-    ]
-    rows = [r for r in report.classes() if r.photos_lost > 0][:table_rows]
-    if rows:
-        parts.append(
-            '<table><tr><th>#</th><th class="name">class</th><th>lost in</th><th>mean loss</th>'
-            "<th>max loss</th><th>photo %</th><th>reconstruction %</th></tr>"
-        )
-        for rank, row in enumerate(rows, start=1):
-            name = esc(row.name)
-            if row.index in rankings:
-                name = f'<a href="#ranking-{row.index}">{name}</a>'
-            parts.append(
-                f'<tr><td>{rank}</td><td class="name">{name}</td><td>{row.photos_lost} / {report.n}</td>'
-                f"<td>{row.mean_loss_when_lost:.2f}</td><td>{row.max_loss:.2f}</td>"
-                f"<td>{row.mean_real:.2f}</td><td>{row.mean_reconstruction:.2f}</td></tr>"
-            )
-        parts.append("</table>")
-    else:
-        parts.append(f"<p>No class was lost by {report.min_loss:g} percentage points or more.</p>")
-
-    for c, file_name in rankings.items():
-        parts.append(f'<h2 id="ranking-{c}">Photos ranked by lost {esc(report.class_names[c])}</h2>')
-        parts.append(f'<p><a href="{_link(file_name)}">{esc(file_name)}</a></p><ol>')
-        for rank in report.photos_by_class(c):
-            parts.append(
-                f'<li><a href="#{_link(anchor[rank.photo])}">{esc(names[report.ids.index(rank.photo)])}</a>: '
-                f"{rank.real:.2f}% in the photo, {rank.reconstruction:.2f}% in the reconstruction "
-                f"({rank.difference:+.2f})</li>"
-            )
-        parts.append("</ol>")
-
-    parts.append("<h2>Photos</h2>")
-    for k, (ident, name) in enumerate(zip(report.ids, names)):
-        lost = report.lost_in(k, top_k=legend_classes)
-        lost_text = ", ".join(f"{esc(c.label)} ({c.difference:.1f})" for c in lost) or "nothing"
-        panel_path = f"panels/{name}.png"
-        parts.append(
-            f'<div class="photo" id="{esc(anchor[ident], quote=True)}"><h3>{esc(name)}</h3>'
-            f'<div class="id">{esc(ident)}</div>'
-            f'<a href="{_link(panel_path)}"><img src="{_link(panel_path)}" alt="{esc(name, quote=True)}" '
-            'loading="lazy"></a>'
-            f"<p>Lost: {lost_text}</p>"
-            f'<p><a href="{_link(f"reconstructions/{name}.png")}">reconstruction</a> &middot; '
-            f'<a href="{_link(f"encoder_only/{name}.png")}">encoder only</a></p></div>'
-        )
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"

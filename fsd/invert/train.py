@@ -37,11 +37,12 @@ Example (a tiny random generator; real use trains on a published one for hours o
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,9 @@ from fsd.invert.split import PROGGAN_SPLIT, LayerSplit, SplitGenerator
 
 __all__ = [
     "StageSchedule",
+    "PAPER_BACKBONE",
+    "PAPER_LAYERS",
+    "PAPER_JOINT",
     "EncoderTrainingConfig",
     "EncoderTraining",
     "GeneratorLayers",
@@ -79,8 +83,11 @@ CHECKPOINT_FORMAT = "fsd-encoder-training/1"
 class StageSchedule:
     """Steps and learning rate of one stage: ``lr`` times ``decay`` once per milestone passed.
 
-    ``milestones`` are fractions of ``steps``: update s (from 0) uses ``lr * decay**n`` where n counts
-    the milestones m with ``s >= round(m * steps)``. ``steps=0`` skips the stage.
+    ``milestones`` are fractions of ``steps``, so a shortened stage keeps the schedule's shape:
+    update s (from 0) uses ``lr * decay**n`` where n counts the milestones passed, milestone m being
+    passed from update ``round(m * steps)`` on (halves rounded up, and never before update 1, so the
+    first update always uses ``lr``; see `milestone_steps`). ``steps=0`` skips the stage.
+    `with_steps` shortens (or lengthens) a stage, milestones kept in proportion.
     """
 
     steps: int
@@ -89,18 +96,43 @@ class StageSchedule:
     decay: float = 0.1
 
     def __post_init__(self) -> None:
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) or self.steps < 0:
             raise InputError(f"StageSchedule.steps must be an integer >= 0, got {self.steps!r}")
-        if not self.lr > 0 or not self.decay > 0:
-            raise InputError(f"StageSchedule.lr and decay must be > 0, got {self.lr} and {self.decay}")
+        object.__setattr__(self, "steps", int(self.steps))
+        if not _is_number(self.lr) or not _is_number(self.decay) or not self.lr > 0 or not self.decay > 0:
+            raise InputError(f"StageSchedule.lr and decay must be numbers > 0, got {self.lr!r} and {self.decay!r}")
+        if isinstance(self.milestones, (str, bytes)) or not all(_is_number(m) for m in self.milestones):
+            raise InputError(f"StageSchedule.milestones must be fractions of the steps, got {self.milestones!r}")
+        object.__setattr__(self, "milestones", tuple(float(m) for m in self.milestones))
         if list(self.milestones) != sorted(self.milestones) or any(not 0 <= m <= 1 for m in self.milestones):
             raise InputError(
                 f"StageSchedule.milestones must be increasing fractions in [0, 1], got {self.milestones}"
             )
 
+    @property
+    def milestone_steps(self) -> tuple[int, ...]:
+        """The update from which each milestone's decay applies (the paper's 10k-step layer stage:
+        2000 and 6000; the same stage with 10 steps: 2 and 6)."""
+        return tuple(0 if m == 0 else max(1, math.floor(m * self.steps + 0.5)) for m in self.milestones)
+
     def learning_rate(self, step: int) -> float:
-        drops = sum(1 for m in self.milestones if step >= round(m * self.steps))
+        drops = sum(1 for first in self.milestone_steps if step >= first)
         return self.lr * self.decay**drops
+
+    def with_steps(self, steps: int) -> StageSchedule:
+        """This schedule over ``steps`` updates: the same lr, decay and milestone fractions."""
+        return replace(self, steps=steps)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+# The paper's stages (see the module docstring).
+PAPER_BACKBONE = StageSchedule(10_000, 0.01)
+PAPER_LAYERS = StageSchedule(10_000, 1e-4, (0.2, 0.6), 0.1)
+PAPER_JOINT = StageSchedule(100_000, 1e-5, (0.05, 0.15, 0.35), 0.5)
 
 
 @dataclass(frozen=True)
@@ -108,31 +140,56 @@ class EncoderTrainingConfig:
     """Every number of the training recipe; the defaults are the paper's (Adam, batch 32).
 
     ``backbone``: the image -> r stage; ``layers``: each per-layer inverter's stage; ``joint``: the
-    fine-tuning of the chained encoder. ``cycle_weight``: weight of the re-generation term of the
-    per-layer loss. ``seed``: seeds the latents of every step. ``checkpoint_every``: steps between
-    checkpoints (stage ends are always saved).
+    fine-tuning of the chained encoder. Each is a `StageSchedule`, or a number of steps: the paper's
+    schedule of that stage shortened (or lengthened) to that many steps, milestones in proportion, so
+    ``EncoderTrainingConfig(backbone=100, layers=100, joint=1000)`` is the paper's recipe in
+    miniature. ``cycle_weight``: weight of the re-generation term of the per-layer loss. ``seed``:
+    seeds the latents of every step. ``checkpoint_every``: steps between checkpoints (stage ends
+    are always saved).
     """
 
     batch_size: int = 32
-    backbone: StageSchedule = StageSchedule(10_000, 0.01)
-    layers: StageSchedule = StageSchedule(10_000, 1e-4, (0.2, 0.6), 0.1)
-    joint: StageSchedule = StageSchedule(100_000, 1e-5, (0.05, 0.15, 0.35), 0.5)
+    backbone: StageSchedule | int = PAPER_BACKBONE
+    layers: StageSchedule | int = PAPER_LAYERS
+    joint: StageSchedule | int = PAPER_JOINT
     cycle_weight: float = 0.01
     seed: int = 1
     checkpoint_every: int = 1000
 
     def __post_init__(self) -> None:
+        for name, paper in (("backbone", PAPER_BACKBONE), ("layers", PAPER_LAYERS), ("joint", PAPER_JOINT)):
+            value = getattr(self, name)
+            if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+                object.__setattr__(self, name, paper.with_steps(int(value)))
+            elif not isinstance(value, StageSchedule):
+                raise InputError(
+                    f"EncoderTrainingConfig.{name} must be a StageSchedule or a number of steps (the paper's "
+                    f"schedule, shortened in proportion), got {type(value).__name__} {value!r}; e.g. "
+                    f"{name}=100 or {name}=StageSchedule(steps=100, lr={paper.lr:g})"
+                )
+        for name in ("batch_size", "seed", "checkpoint_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise InputError(f"EncoderTrainingConfig.{name} must be an integer, got {value!r}")
         if self.batch_size < 2:
             # Batch norm in train mode needs two samples to estimate a variance.
             raise InputError(f"EncoderTrainingConfig.batch_size must be >= 2, got {self.batch_size}")
-        if self.cycle_weight < 0:
-            raise InputError(f"EncoderTrainingConfig.cycle_weight must be >= 0, got {self.cycle_weight}")
+        if not _is_number(self.cycle_weight) or self.cycle_weight < 0:
+            raise InputError(f"EncoderTrainingConfig.cycle_weight must be a number >= 0, got {self.cycle_weight!r}")
         if self.checkpoint_every < 1:
             raise InputError(
                 f"EncoderTrainingConfig.checkpoint_every must be >= 1, got {self.checkpoint_every}"
             )
         if not 0 <= self.seed < 2**32:
             raise InputError(f"EncoderTrainingConfig.seed must be in [0, 2**32), got {self.seed}")
+
+    def with_steps(self, *, backbone: int | None = None, layers: int | None = None,
+                   joint: int | None = None) -> EncoderTrainingConfig:
+        """This config with the named stages shortened (or lengthened), milestones in proportion."""
+        changes = {name: getattr(self, name).with_steps(steps)
+                   for name, steps in (("backbone", backbone), ("layers", layers), ("joint", joint))
+                   if steps is not None}
+        return replace(self, **changes)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
