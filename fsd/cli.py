@@ -725,8 +725,6 @@ def _check_stats_output(out: str, overwrite: bool, option: str = "--save-stats")
         raise InputError(f"{option} writes an .npz file: name it like {path.with_suffix('.npz')}")
     if path.is_dir():
         raise InputError(f"{option}: {path} is a folder; give a file name ending in .npz")
-    if not path.parent.is_dir():
-        raise InputError(f"{option}: cannot write {path}: folder {path.parent} does not exist")
     _check_not_there(path, option, overwrite)
 
 
