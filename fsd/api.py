@@ -656,7 +656,6 @@ def _distance(real: Stats, fake: Stats, *, settings: BootstrapSettings, explicit
               warn_missing: bool = True) -> FSDResult:
     _check_sides(real, fake)
     d: FrechetDistance = stats_distance(real, fake)
-    fields: dict = {}
     missing = _missing_rows([("real", real), ("fake", fake)])
     if missing and (explicit and settings.samples > 0 or fsd_inf):
         side = real if real.rows is None else fake

@@ -405,7 +405,7 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                 fake_source = fake
                 if generator_spec:
                     from .generators import DEFAULT_VALUE_RANGE, load_generator
-                    from .segmenters.upp import default_device
+                    from .devices import default_device
 
                     generator = load_generator(generator_spec, device=rank_device or default_device(),
                                                weights_dir=weights_dir, progress=progress)
@@ -503,7 +503,7 @@ def sample_command(generator_spec, out_dir, num_samples, seed, z_dim, value_rang
     """
 
     def action() -> None:
-        from .segmenters.upp import default_device
+        from .devices import default_device
         from .distributed import current_world, local_device, run_on_all_ranks
         from .generators import DEFAULT_VALUE_RANGE, load_generator, save_samples
 

@@ -42,7 +42,15 @@ import torch
 
 from ._text import plural
 from .errors import InputError
-from .generators import GeneratorSource, ValueRange, _sample_seed, check_seed, images_to_uint8, parse_value_range
+from .generators import (
+    GeneratorSource,
+    ValueRange,
+    _sample_seed,
+    check_batches,
+    check_seed,
+    images_to_uint8,
+    parse_value_range,
+)
 
 PIPELINE_VALUE_RANGE: tuple[float, float] = (0.0, 1.0)  # diffusers' images for output_type "pt" and "np"
 PROMPTS_FILE = "prompts.jsonl"
@@ -147,12 +155,7 @@ class PipelineSource(GeneratorSource):
     # -- making images -------------------------------------------------------------------------------
     def latent_batches(self, indices: Sequence[int], seed: int, batch_size: int):
         """``(sample indices, draw)`` for ascending ``indices``, ``batch_size`` at a time."""
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        indices = list(indices)
-        if indices != sorted(set(indices)) or (indices and indices[0] < 0):
-            raise InputError("sample indices must be distinct, non-negative and ascending")
-        seed = check_seed(seed)
+        indices, seed = check_batches(indices, seed, batch_size)
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]
             yield chunk, _Draw(chunk, [_sample_seed(seed, k) for k in chunk])

@@ -138,6 +138,17 @@ def derived_seed(*keys: int) -> int:
     return int(np.random.SeedSequence(keys).generate_state(1, np.uint64)[0])
 
 
+def check_batches(indices: Sequence[int], seed: int, batch_size: int) -> tuple[list[int], int]:
+    """The arguments of a generator's ``latent_batches``, checked: ascending distinct sample indices >= 0, a
+    valid seed, a batch size >= 1."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    indices = list(indices)
+    if indices != sorted(set(indices)) or (indices and indices[0] < 0):
+        raise InputError("sample indices must be distinct, non-negative and ascending")
+    return indices, check_seed(seed)
+
+
 def _sample_seed(seed: int, index: int) -> int:
     return derived_seed(seed, index)
 
@@ -306,12 +317,7 @@ class GeneratorSource:
     # -- making images -------------------------------------------------------------------------
     def latent_batches(self, indices: Sequence[int], seed: int, batch_size: int) -> Iterator[tuple[list[int], Latents]]:
         """``(sample indices, latents)`` for ascending ``indices``, ``batch_size`` at a time (on the CPU)."""
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        indices = list(indices)
-        if indices != sorted(set(indices)) or (indices and indices[0] < 0):
-            raise InputError("sample indices must be distinct, non-negative and ascending")
-        seed = check_seed(seed)
+        indices, seed = check_batches(indices, seed, batch_size)
         stream = _NormalStream(seed, self.resolved_z_dim) if self.z_sampler is None else None
         for start in range(0, len(indices), batch_size):
             chunk = indices[start : start + batch_size]

@@ -3,7 +3,7 @@
 ``compute_stats(source, shard=(i, k))`` (CLI: ``--save-stats SOURCE OUT.npz --shard I/K``) segments
 shard ``i`` of ``k`` (``0 <= i < k``): the images the subset rule chooses (all of them without
 ``num_samples``), in the paper's order, split as torch.distributed splits them, ``chosen[i::k]``. Each
-shard's statistics record a `ShardInfo`: which shard of how many, the subset (``num_samples``, ``seed``),
+shard's statistics record a `fsd.stats.ShardInfo`: which shard of how many, the subset (``num_samples``, ``seed``),
 the number of images chosen, and a fingerprint of the source (a SHA-256 of the identities of every
 chosen image in order, or of a generator's description and seed). The segmenter, its weights and its
 preprocessing (which carries the precision) are in the statistics' metadata, as always.
@@ -28,8 +28,7 @@ import numpy as np
 
 from ._text import plural
 from .errors import IncompatibleStatsError, InputError
-from .rows import Rows
-from .stats import ShardInfo, Stats  # noqa: F401  (ShardInfo: re-exported for readers of this module)
+from .stats import Stats
 
 
 def check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -123,7 +122,6 @@ def _merge_shards(loaded: list[tuple[str, Stats]]) -> Stats:
                          f"{ref.count} shards (rerun the missing ones with --shard I/{ref.count})")
     ordered = [stats for _, stats in sorted(loaded, key=lambda item: item[1].shard.index)]
     merged = _sum(ordered, first)
-    merged.shard = None
     if merged.n + len(merged.skipped) != ref.images:
         raise InputError(f"the shards of {ref.source} hold {merged.n + len(merged.skipped)} images, but "
                          f"{ref.images} were chosen: a shard file is damaged; recompute it")
@@ -133,32 +131,22 @@ def _merge_shards(loaded: list[tuple[str, Stats]]) -> Stats:
 def _concatenate(loaded: list[tuple[str, Stats]]) -> Stats:
     offset, renumbered = 0, []
     for _, stats in loaded:
-        copy = _sum([stats], stats)
-        rows = copy.rows
-        if rows is not None:
-            copy._row_parts = [replace(rows, index=np.arange(len(rows), dtype=np.int64) + offset)]
+        rows = stats.rows
+        if rows is not None:  # source indices of different sources collide: number them one after another
+            rows = replace(rows, index=np.arange(len(rows), dtype=np.int64) + offset)
+        renumbered.append(Stats.from_sums(stats.meta, stats.pixels_per_image, stats.n, stats.count_sum,
+                                          stats.count_outer_sum, rows=rows, rows_note=stats.rows_note,
+                                          skipped=stats.skipped))
         offset += stats.n
-        renumbered.append(copy)
     merged = _sum(renumbered, loaded[0][1])
     sources = list(dict.fromkeys(s.meta.source for _, s in loaded))
     merged.meta = replace(merged.meta, source=" + ".join(sources))
-    merged.shard = None
     return merged
 
 
 def _sum(parts: list[Stats], template: Stats) -> Stats:
-    """A new `Stats` holding the exact sum of ``parts`` (rows joined when every part has them)."""
-    total = Stats(template.meta, template.pixels_per_image, keep_rows=True)
-    rows = [p.rows for p in parts]
-    if any(r is None for r in rows):
-        note = next(p.rows_note for p in parts if p.rows is None)
-        total.drop_rows(note or "merged with statistics that have no rows")
-    for p in parts:
-        total._check_capacity(total.n + p.n, "merging these statistics")
-        total.n += p.n
-        total.count_sum = total.count_sum + p.count_sum
-        total.count_outer_sum = total.count_outer_sum + p.count_outer_sum
-        total.skipped = total.skipped + p.skipped
-    if total.has_rows:
-        total._row_parts = [Rows.concatenate(rows, template.num_classes).sorted()]  # type: ignore[arg-type]
+    """A new `Stats` holding the exact sum of ``parts`` (`Stats.merge`: rows joined when every part has them)."""
+    total = Stats(template.meta, template.pixels_per_image)
+    for part in parts:
+        total.merge(part)
     return total

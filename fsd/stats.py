@@ -144,7 +144,7 @@ class Stats:
         # Rows arrive batch by batch; they are joined (and sorted by source index) when first read.
         self._row_parts: list[Rows] | None = [] if keep_rows else None
         self.rows_note = "" if keep_rows else NO_ROWS_ON_PURPOSE  # why there are no rows, when there are none
-        self.shard = None  # a `fsd.shards.ShardInfo` when these are one shard of a source (see fsd.shards)
+        self.shard = None  # a `ShardInfo` when these are one shard of a source (see fsd.shards)
 
     @classmethod
     def from_sums(cls, meta: StatsMeta, pixels_per_image: int, n: int, count_sum: np.ndarray,

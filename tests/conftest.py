@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,6 +42,44 @@ class ColorSegmenter:
         labels = images.argmax(dim=1) + 1
         labels[images.max(dim=1).values < 40] = 0
         return labels
+
+
+class LocalFiles(http.server.ThreadingHTTPServer):
+    """A local file server for download tests: ``routes`` maps a path to its body (bytes, served as a file)
+    or to ``(mode, body)`` with mode ``"ok"``, ``"html"`` (served as text/html) or ``"404"``; ``requests``
+    lists the paths asked for, in order; ``base`` is the URL of the root (plus the prefix it was made with)."""
+
+    routes: dict[str, bytes | tuple[str, bytes]]
+    requests: list[str]
+    base: str
+
+
+class _LocalFilesHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server API)
+        self.server.requests.append(self.path)
+        route = self.server.routes.get(self.path, ("404", b""))
+        mode, body = ("ok", route) if isinstance(route, bytes) else route
+        if mode == "404":
+            self.send_error(404, "Not Found")
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html" if mode == "html" else "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def local_files(prefix: str = "") -> Iterator[LocalFiles]:
+    """A running `LocalFiles` on 127.0.0.1, shut down after the block."""
+    httpd = LocalFiles(("127.0.0.1", 0), _LocalFilesHandler)
+    httpd.routes, httpd.requests = {}, []
+    httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}{prefix}"
+    with serving(httpd):
+        yield httpd
 
 
 @contextmanager
@@ -94,3 +134,26 @@ def image_folders(tmp_path):
     write_folder(real, 12, seed=0)
     write_folder(fake, 10, seed=1)
     return real, fake
+
+
+def write_label_folder(folder: Path, count: int, classes: int, seed: int, size=(32, 32)) -> Path:
+    """``count`` random label maps (PNG, values < ``classes``) named ``0.png``, ``1.png``, ... in ``folder``."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        Image.fromarray(rng.integers(0, classes, size, dtype=np.uint8)).save(folder / f"{k}.png")
+    return folder
+
+
+def stats_of(source, segmenter, **options):
+    """`fsd.compute_stats` in the main process, without progress bars."""
+    import fsd
+
+    return fsd.compute_stats(source, segmenter=segmenter, **{"num_workers": 0, "progress": False, **options})
+
+
+def assert_same_sums(stats, expected) -> None:
+    """The same number of images and the same exact integer sums."""
+    assert stats.n == expected.n
+    assert np.array_equal(stats.count_sum, expected.count_sum)
+    assert np.array_equal(stats.count_outer_sum, expected.count_outer_sum)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import http.server
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,47 +12,22 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from tests.conftest import serving
 import fsd
 import fsd.cli
 from fsd import baselines
 from fsd.errors import WeightsError
 from fsd.segmenters.base import PAPER_PREPROCESSING
 from fsd.stats import Stats, StatsMeta
-from tests.conftest import write_folder
+from tests.conftest import LocalFiles, local_files, write_folder
 from tests.synthetic import synthetic_labels
 
 C = 336
 P = 256 * 256
 
 
-class Files(http.server.ThreadingHTTPServer):
-    routes: dict[str, bytes]
-    requests: list[str]
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
-        self.server.requests.append(self.path)
-        body = self.server.routes.get(self.path)
-        if body is None:
-            self.send_error(404, "Not Found")
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def server() -> Iterator[Files]:
-    httpd = Files(("127.0.0.1", 0), Handler)
-    httpd.routes, httpd.requests = {}, []
-    httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}/seeing"
-    with serving(httpd):
+def server() -> Iterator[LocalFiles]:
+    with local_files("/seeing") as httpd:
         yield httpd
 
 

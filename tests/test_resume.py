@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 import fsd
 from fsd.cli import cli
 from fsd.errors import InputError
 from fsd.segmenters.labelmap import LabelMapSegmenter
-from tests.conftest import ColorSegmenter
+from tests.conftest import ColorSegmenter, write_label_folder
 
 
 class InterruptingSegmenter(ColorSegmenter):
@@ -71,11 +70,7 @@ class InterruptingLabelMaps(LabelMapSegmenter):
 
 
 def test_cli_save_stats_resumes_from_its_partial_file(tmp_path):
-    folder = tmp_path / "labels"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(6):
-        Image.fromarray(rng.integers(0, 4, (32, 32), dtype=np.uint8)).save(folder / f"{k}.png")
+    folder = write_label_folder(tmp_path / "labels", 6, classes=4, seed=0)
     out = tmp_path / "labels.npz"
     partial = tmp_path / "labels.npz.partial"  # where the CLI checkpoints --save-stats
     with pytest.raises(KeyboardInterrupt):

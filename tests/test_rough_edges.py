@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
 
 import fsd
 from fsd.cli import cli
 from fsd.errors import InputError
-from tests.conftest import ColorSegmenter
+from tests.conftest import ColorSegmenter, write_label_folder
 
 
 # -- devices that do not exist here ------------------------------------------------------------------------
@@ -79,12 +78,7 @@ LABELMAP = ["--segmenter", "labelmap", "--num-classes", "4", "--num-workers", "0
 
 @pytest.fixture
 def label_folder(tmp_path):
-    folder = tmp_path / "labels"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(6):
-        Image.fromarray(rng.integers(0, 4, (32, 32), dtype=np.uint8)).save(folder / f"{k}.png")
-    return folder
+    return write_label_folder(tmp_path / "labels", 6, classes=4, seed=0)
 
 
 def test_num_samples_with_saved_statistics_is_refused(label_folder, tmp_path):

@@ -17,7 +17,7 @@ from fsd.cli import cli
 from fsd.errors import ImageReadError, InputError
 from fsd.segmenters.base import Preprocessing
 from fsd.sources import TarSource, expand_braces, iterate_batches, open_source
-from tests.conftest import ColorSegmenter, random_photo
+from tests.conftest import ColorSegmenter, assert_same_sums, random_photo, stats_of
 
 SMALL = Preprocessing("rgb", 32, "bilinear")
 PER_SHARD, SHARDS = 5, 3
@@ -63,16 +63,6 @@ def segmenter():
     return ColorSegmenter(size=32)
 
 
-def stats_of(source, segmenter, **options):
-    return fsd.compute_stats(source, segmenter=segmenter, **{"num_workers": 0, "progress": False, **options})
-
-
-def assert_same(stats, expected):
-    assert stats.n == expected.n
-    assert np.array_equal(stats.count_sum, expected.count_sum)
-    assert np.array_equal(stats.count_outer_sum, expected.count_outer_sum)
-
-
 def test_braces_expand_the_webdataset_way():
     assert expand_braces("train-{000000..000002}.tar") == ["train-000000.tar", "train-000001.tar",
                                                            "train-000002.tar"]
@@ -93,12 +83,12 @@ def test_shards_equal_the_extracted_folder_bit_for_bit(shards, tmp_path, segment
     assert expected.n == SHARDS * PER_SHARD
     source = open_source(pattern(shards))
     assert isinstance(source, TarSource) and len(source.shards) == SHARDS and len(source) == SHARDS * PER_SHARD
-    assert_same(stats_of(pattern(shards), segmenter), expected)
-    assert_same(stats_of(pattern(shards), segmenter, num_workers=2, batch_size=4), expected)
+    assert_same_sums(stats_of(pattern(shards), segmenter), expected)
+    assert_same_sums(stats_of(pattern(shards), segmenter, num_workers=2, batch_size=4), expected)
     listed = [str(shards / "shards" / f"train-{s:03d}.tar") for s in range(SHARDS)]
-    assert_same(stats_of(listed, segmenter), expected)  # a list of shards is the same source
+    assert_same_sums(stats_of(listed, segmenter), expected)  # a list of shards is the same source
     subset = stats_of(pattern(shards), segmenter, num_samples=7, seed=2, num_workers=2, batch_size=3)
-    assert_same(subset, stats_of(pattern(shards), segmenter, num_samples=7, seed=2))
+    assert_same_sums(subset, stats_of(pattern(shards), segmenter, num_samples=7, seed=2))
 
 
 def test_identities_are_shard_and_key_in_shard_order(shards, segmenter):
@@ -204,7 +194,7 @@ def test_the_command_line_takes_a_brace_pattern(shards, tmp_path, monkeypatch, s
     out = tmp_path / "s.npz"
     result = CliRunner().invoke(cli, ["--save-stats", pattern(shards), str(out), "--num-workers", "2", "-q"])
     assert result.exit_code == 0, result.output
-    assert_same(fsd.Stats.load(out), stats_of(pattern(shards), segmenter))
+    assert_same_sums(fsd.Stats.load(out), stats_of(pattern(shards), segmenter))
     assert fsd.Stats.load(out).meta.source == f"{pattern(shards)} (3 shards)"
     refused = CliRunner().invoke(cli, ["--save-stats", pattern(shards), str(tmp_path / "t.npz"), "--follow-links"])
     assert refused.exit_code == 2 and "--follow-links does not apply to the tar shards" in refused.stderr

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from fsd.errors import InputError, WeightsError
 from fsd.segmenters.base import PAPER_PREPROCESSING, Segmenter, class_percentages
 from fsd.segmenters.upernet import HeadSizes, ResNet50DeepStem, UPerNetDecoder, load_state_dict_checked
-from fsd.segmenters.upp import UPPSegmenter, default_device, read_labels, validate_labels
+from fsd.devices import default_device
+from fsd.segmenters.upp import UPPSegmenter, read_labels, validate_labels
 from tests.synthetic import (
     DECODER_FILE,
     ENCODER_FILE,

@@ -30,9 +30,9 @@ from fsd.errors import DownloadError, InputError, WeightsError
 from fsd.hub import Artifact, RemoteFile, fetch
 from fsd.invert.encoder import HybridEncoder
 from fsd.invert.proggan import ProGAN, standard_channels
-from fsd.invert.weights import PROGGAN_ARTIFACTS, _verify_proggan
+from fsd.invert.weights import PROGGAN_ARTIFACTS
 from fsd.segmenters.weights import DECODER_FILE, ENCODER_FILE, LABELS_FILE, UPP_NAME
-from tests.conftest import serving
+from tests.conftest import LocalFiles, local_files, serving
 from tests.synthetic import synthetic_labels, write_upp_weights
 
 # The modules themselves, for monkeypatching (fsd.invert.encoder is also the name of a function).
@@ -44,35 +44,9 @@ ENCODER_NAME = "church_invert_hybrid_cse-43e52428.pth"
 CHURCH, BEDROOM = baselines.CHURCH_FILE, baselines.BEDROOM_FILE
 
 
-class Files(http.server.ThreadingHTTPServer):
-    routes: dict[str, tuple[str, bytes]]  # path -> ("ok" | "html" | "404", body)
-    requests: list[str]
-    base: str
-
-
-class Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server API)
-        self.server.requests.append(self.path)
-        mode, body = self.server.routes.get(self.path, ("404", b""))
-        if mode == "404":
-            self.send_error(404, "Not Found")
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html" if mode == "html" else "application/octet-stream")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
-def server() -> Iterator[Files]:
-    httpd = Files(("127.0.0.1", 0), Handler)
-    httpd.routes, httpd.requests = {}, []
-    httpd.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    with serving(httpd):
+def server() -> Iterator[LocalFiles]:
+    with local_files() as httpd:
         yield httpd
 
 
@@ -145,7 +119,7 @@ def declared(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(encoder_module, "ENCODER_ARTIFACTS", MappingProxyType({"church": encoder}))
 
 
-def serve_mirror(server: Files, prefix: str = "/lab") -> str:
+def serve_mirror(server: LocalFiles, prefix: str = "/lab") -> str:
     """The small artifacts in the mirror layout BASE/<artifact>/<file>; returns BASE."""
     files = {
         f"{UPP_NAME}/{LABELS_FILE}": json.dumps(synthetic_labels()).encode(),
@@ -251,7 +225,7 @@ def test_download_removes_stale_temporary_files(server, env, declared, tmp_path)
 # ---- mirrors -------------------------------------------------------------------------------------
 
 
-def toy(server: Files) -> Artifact:
+def toy(server: LocalFiles) -> Artifact:
     """An artifact whose published mirror is the local server's /published."""
     server.routes["/published/w.bin"] = ("ok", b"good bytes" * 100)
     return Artifact("toy", (RemoteFile("w.bin", sha256=hashlib.sha256(b"good bytes" * 100).hexdigest()),),

@@ -120,7 +120,7 @@ def _load_generator(spec: str, device, weights_dir: str | None, progress: bool):
 
 
 def _device(device: str | None):
-    from fsd.segmenters.upp import default_device
+    from fsd.devices import default_device
 
     import torch
 

@@ -33,9 +33,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from fsd.errors import InputError, WeightsError
+from fsd.errors import InputError
 from fsd.segmenters.base import PAPER_PREPROCESSING, Preprocessing
 from fsd.checkpoints import read_state_dict
+from fsd.devices import default_device
 from fsd.segmenters.upernet import (
     HeadSizes,
     ResNet50DeepStem,
@@ -73,15 +74,6 @@ _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 # 1.16 for encoder 8 + decoder 2; 1 never pads. GPUs: 32, the default batch of the API and the CLI.
 MICRO_BATCH = {"cpu": 1}
 ACCELERATOR_MICRO_BATCH = 32
-
-
-def default_device() -> torch.device:
-    """cuda if available, else mps if available, else cpu."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def _fp32_precision_leaves() -> list[object] | None:
