@@ -153,47 +153,58 @@ def iterate_batches(
             persistent_workers=False,
         )
         iterator = iter(loader)
-        _report_worker_deaths_from_next(iterator)
-        done = 0
-        while True:
-            try:
-                images, good, bad = next(iterator)
-            except StopIteration:
-                return
-            except RuntimeError as exc:
-                if current is None or "DataLoader worker" not in str(exc):
-                    raise
-                culprit = _dead_workers_image(current, str(exc))
-                del iterator
-                if culprit is None:
-                    pending = remaining[done:done + batch_size]
-                    raise InputError(
-                        f"an image-decoding worker process died ({exc}) while reading one of the images "
-                        f"from {source.identity(pending[0])} on; rerun with num_workers=0 "
-                        "(--num-workers 0) to find the file, or check the machine's memory"
-                    ) from exc
-                reason = (f"the worker process decoding it died ({exc}); the file may crash the image "
-                          "decoder, or the machine ran out of memory")
-                if not skip_bad_images:
-                    raise ImageReadError(source.identity(culprit), reason) from exc
-                restarts += 1
-                if restarts > _MAX_WORKER_RESTARTS:
-                    raise InputError(f"image-decoding worker processes died {restarts} times (last: {exc}); "
-                                     "this is more likely the machine (memory) than the files") from exc
-                # Reported when the reading order reaches it (workers read ahead), so `skipped` and the
-                # yielded images always cover a prefix of `indices`: what resuming relies on.
-                known_bad[culprit] = reason
-                remaining = remaining[done:]
-                break
-            for index, reason, fatal in bad:
-                if fatal:
-                    raise SourceFormatError(reason)
-                if not skip_bad_images:
-                    raise ImageReadError(source.identity(index), reason)
-                skipped.append((source.identity(index), reason))
-            done += len(good) + len(bad)
-            if images is not None:
-                yield Batch(images, [source.identity(i) for i in good], list(good))
+        try:
+            _report_worker_deaths_from_next(iterator)
+            done = 0
+            while True:
+                try:
+                    images, good, bad = next(iterator)
+                except StopIteration:
+                    return
+                except RuntimeError as exc:
+                    if current is None or "DataLoader worker" not in str(exc):
+                        raise
+                    culprit = _dead_workers_image(current, str(exc))
+                    if culprit is None:
+                        pending = remaining[done:done + batch_size]
+                        raise InputError(
+                            f"an image-decoding worker process died ({exc}) while reading one of the images "
+                            f"from {source.identity(pending[0])} on; rerun with num_workers=0 "
+                            "(--num-workers 0) to find the file, or check the machine's memory"
+                        ) from exc
+                    reason = (f"the worker process decoding it died ({exc}); the file may crash the image "
+                              "decoder, or the machine ran out of memory")
+                    if not skip_bad_images:
+                        raise ImageReadError(source.identity(culprit), reason) from exc
+                    restarts += 1
+                    if restarts > _MAX_WORKER_RESTARTS:
+                        raise InputError(f"image-decoding worker processes died {restarts} times (last: {exc}); "
+                                         "this is more likely the machine (memory) than the files") from exc
+                    # Reported when the reading order reaches it (workers read ahead), so `skipped` and the
+                    # yielded images always cover a prefix of `indices`: what resuming relies on.
+                    known_bad[culprit] = reason
+                    remaining = remaining[done:]
+                    break
+                for index, reason, fatal in bad:
+                    if fatal:
+                        raise SourceFormatError(reason)
+                    if not skip_bad_images:
+                        raise ImageReadError(source.identity(index), reason)
+                    skipped.append((source.identity(index), reason))
+                done += len(good) + len(bad)
+                if images is not None:
+                    yield Batch(images, [source.identity(i) for i in good], list(good))
+        finally:
+            # Also on Ctrl-C and on errors: the traceback keeps the iterator alive, and with it
+            # its worker processes, for as long as the caller holds the exception.
+            _stop_workers(iterator)
+
+
+def _stop_workers(iterator: object) -> None:
+    """Ends a loader iterator's worker processes now rather than when it is garbage collected."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def _dead_workers_image(current: torch.Tensor, message: str) -> int | None:
