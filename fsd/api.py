@@ -9,8 +9,8 @@ A source is a folder or any other kind `fsd.sources.open_source` reads, saved ``
 
 Under ``torch.distributed`` (``torchrun``, or a training loop that initialized the default group),
 `compute` and `compute_stats` shard every source across the ranks and all-reduce the exact integer sums,
-so every rank gets the single-process result, bit for bit (see `fsd.distributed`). Call them on every rank,
-or pass ``distributed=False`` on a rank that computes alone.
+so every rank gets the single-process result, bit for bit at equal CPU thread counts (see
+`fsd.distributed`). Call them on every rank, or pass ``distributed=False`` on a rank that computes alone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from . import __version__, shards
 from ._text import plural, warn
 from .baselines import baseline_name, load_baseline
-from .devices import resolve_device
+from .devices import describe_run, resolve_device
 from .distributed import SINGLE, World, current_world, local_device, reduce_stats, run_on_all_ranks
 from .errors import InputError
 from .frechet import FrechetDistance
@@ -41,7 +41,7 @@ from .sources import (
     open_source,
     select_indices,
 )
-from .stats import NO_ROWS_ON_PURPOSE, RECOMPUTE_HINT, ShardInfo, Stats, StatsMeta
+from .stats import NO_ROWS_ON_PURPOSE, RECOMPUTE_HINT, ShardInfo, Stats, StatsMeta, merge_environments
 from .uncertainty import (
     DEFAULT_LEVEL,
     DEFAULT_METHOD,
@@ -123,8 +123,10 @@ class FSDResult:
             "ci_level": self.ci_level,
             "bootstrap": None if self.bootstrap is None else self.bootstrap.to_dict(),
             "ci_note": self.ci_note or None,
-            "real": {"n": self.real.n, "source": self.real.meta.source, "rows": self.real.has_rows},
-            "fake": {"n": self.fake.n, "source": self.fake.meta.source, "rows": self.fake.has_rows},
+            "real": {"n": self.real.n, "source": self.real.meta.source, "rows": self.real.has_rows,
+                     "environment": list(self.real.environment)},
+            "fake": {"n": self.fake.n, "source": self.fake.meta.source, "rows": self.fake.has_rows,
+                     "environment": list(self.fake.environment)},
             "segmenter": self.real.meta.segmenter,
             "weights": self.real.meta.weights,
         }
@@ -451,6 +453,8 @@ def _stats_of(source: MapSource | GeneratorSource, segmenter: Segmenter, options
                 checkpoint.save(stats, consumed, skipped)
                 last_saved = consumed
         stats.skipped = tuple(skipped)
+        run = describe_run(segmenter.device, str(getattr(segmenter, "precision", "float32")))
+        stats.environment = merge_environments(stats.environment, (run,))  # a resumed run may add one
         if checkpoint is not None:
             checkpoint.remove()
         return stats

@@ -139,6 +139,8 @@ def _torchrun_session(device: str | None) -> Iterator[None]:
     from . import distributed
 
     started = distributed.init_from_environment(device)
+    if started and distributed.current_world().is_main:
+        _warn_about_threads(distributed)
     try:
         yield
     except Exception as exc:
@@ -149,6 +151,23 @@ def _torchrun_session(device: str | None) -> Iterator[None]:
     finally:
         if started:
             distributed.shutdown()
+
+
+def _warn_about_threads(distributed) -> None:
+    """Under torchrun on the CPU: each process runs its own thread count (torchrun sets 1), and float32
+    convolutions round differently with another count, so labels at near-ties differ from ``python -m fsd``."""
+    import torch.distributed as dist
+
+    if dist.get_backend() != "gloo":
+        return
+    import torch
+
+    from ._text import plural, warn
+
+    warn(f"under torchrun on the CPU each process segments with {plural(torch.get_num_threads(), 'thread')} "
+         "(torchrun sets OMP_NUM_THREADS=1 unless it is set); float32 rounding depends on the thread count, "
+         "so a few labels at near-ties can differ from a run with another count (see the README's \"What is "
+         "exact\"). For results that agree, run every job with the same OMP_NUM_THREADS.")
 
 
 def _barrier() -> None:
@@ -781,6 +800,9 @@ def _print_result(result, as_json: bool, show_report: bool, top_k: int, sort: st
         if show_report:
             click.echo(report.summary())
             click.echo(report.format_table(top_k))
+            for side, stats in (("real", result.real), ("fake", result.fake)):
+                made = "; ".join(stats.environment) or "not recorded (statistics from an older fsd)"
+                click.echo(f"{side} statistics computed with: {made}")
     if report_csv:
         report.to_csv(report_csv)
     if plot_path:

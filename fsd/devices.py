@@ -68,3 +68,23 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if not callable(is_available) or not is_available():
             raise InputError(f"device {str(device)!r} is not available here; devices here: {here}")
     return resolved
+
+
+def describe_run(device: str | torch.device, precision: str = "float32") -> str:
+    """What the numbers of a run depend on beyond its inputs, in words: torch version, device, CPU
+    threads and precision, e.g. ``"torch 2.5.1, cpu (x86_64), 2 threads, float32"``.
+
+    Recorded in statistics and shown by ``fsd report``, never compared: labels at near-ties can change
+    with any of these (see the README's "What is exact").
+    """
+    import platform
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        where = f"cuda ({torch.cuda.get_device_name(index)})"
+    else:
+        where = f"{device.type} ({platform.machine() or 'unknown machine'})"
+    from ._text import plural
+
+    return f"torch {torch.__version__}, {where}, {plural(torch.get_num_threads(), 'thread')}, {precision}"

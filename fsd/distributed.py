@@ -11,7 +11,8 @@ own ``init_process_group``), rank ``r`` of ``W``:
 
 Each rank sums its images' integer class pixel counts; one ``all_reduce`` (SUM) of the int64 sums
 gives every rank the statistics of the whole set. Integer sums are exact and order-free, so the
-result equals the single-process result bit for bit, also with unequal numbers of images per rank.
+result equals the single-process result bit for bit, also with unequal numbers of images per rank, as long
+as each process segments with the same thread count (float32 rounding depends on it; see the README).
 
 Failures. A rank that fails while the others wait in a collective would hang them forever, so
 `run_on_all_ranks` runs a step on every rank and, if it failed anywhere, raises on every rank: the
@@ -31,7 +32,7 @@ import torch.distributed as dist
 
 from .errors import FSDError, InputError
 from .rows import Rows
-from .stats import Stats
+from .stats import Stats, merge_environments
 
 T = TypeVar("T")
 
@@ -178,19 +179,20 @@ def reduce_stats(stats: Stats, world: World, distinct_ranks: bool = False) -> St
     packed = all_reduce_sum(pack_sums(stats.n, stats.count_sum, stats.count_outer_sum))
     n, count_sum, count_outer_sum = unpack_sums(packed, stats.num_classes)
     shares: list = [None] * world.size
-    dist.all_gather_object(shares, (list(stats.skipped), stats.rows, stats.rows_note))
-    skipped = tuple(item for share, _, _ in shares for item in share)
+    dist.all_gather_object(shares, (list(stats.skipped), stats.rows, stats.rows_note, stats.environment))
+    skipped = tuple(item for share, _, _, _ in shares for item in share)
     rows = None
-    notes = [note for _, r, note in shares if r is None]
+    notes = [note for _, r, note, _ in shares if r is None]
     if not notes:
-        parts = [r for _, r, _ in shares]
+        parts = [r for _, r, _, _ in shares]
         if distinct_ranks:  # rank-major order: indices follow on from the ranks before
             offsets = np.cumsum([0] + [len(r) for r in parts[:-1]])
             parts = [replace(r, ids=tuple(f"rank{k}/{i}" for i in r.ids), index=np.arange(len(r)) + offset)
                      for k, (r, offset) in enumerate(zip(parts, offsets))]
         rows = Rows.concatenate(parts, stats.num_classes)
     return Stats.from_sums(stats.meta, stats.pixels_per_image, n, count_sum, count_outer_sum, rows=rows,
-                           rows_note=notes[0] if notes else "", skipped=skipped)
+                           rows_note=notes[0] if notes else "", skipped=skipped,
+                           environment=merge_environments(*(share[3] for share in shares)))
 
 
 def run_on_all_ranks(world: World, step: Callable[[], T]) -> T:

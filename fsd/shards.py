@@ -136,7 +136,7 @@ def _concatenate(loaded: list[tuple[str, Stats]]) -> Stats:
             rows = replace(rows, index=np.arange(len(rows), dtype=np.int64) + offset)
         renumbered.append(Stats.from_sums(stats.meta, stats.pixels_per_image, stats.n, stats.count_sum,
                                           stats.count_outer_sum, rows=rows, rows_note=stats.rows_note,
-                                          skipped=stats.skipped))
+                                          skipped=stats.skipped, environment=stats.environment))
         offset += stats.n
     merged = _sum(renumbered, loaded[0][1])
     sources = list(dict.fromkeys(s.meta.source for _, s in loaded))

@@ -59,6 +59,11 @@ def covariance_from_sums(n: int, count_sum: np.ndarray, count_outer_sum: np.ndar
     return _centered(n, count_sum, count_outer_sum).astype(np.float64) / (n * (n - 1)) * scale**2
 
 
+def merge_environments(*parts: tuple[str, ...]) -> tuple[str, ...]:
+    """The distinct run descriptions of ``parts``, in order of first appearance."""
+    return tuple(dict.fromkeys(e for part in parts for e in part))
+
+
 @dataclass(frozen=True)
 class StatsMeta:
     """What made a set of statistics. Two sets are comparable only if all but `source` agree."""
@@ -145,11 +150,14 @@ class Stats:
         self._row_parts: list[Rows] | None = [] if keep_rows else None
         self.rows_note = "" if keep_rows else NO_ROWS_ON_PURPOSE  # why there are no rows, when there are none
         self.shard = None  # a `ShardInfo` when these are one shard of a source (see fsd.shards)
+        # How the numbers were made (torch version, device, threads, precision; see fsd.devices.describe_run),
+        # one entry per distinct setting of the runs merged in. Shown, never compared.
+        self.environment: tuple[str, ...] = ()
 
     @classmethod
     def from_sums(cls, meta: StatsMeta, pixels_per_image: int, n: int, count_sum: np.ndarray,
                   count_outer_sum: np.ndarray, rows: Rows | None = None, rows_note: str = "",
-                  skipped: tuple[tuple[str, str], ...] = ()) -> Stats:
+                  skipped: tuple[tuple[str, str], ...] = (), environment: tuple[str, ...] = ()) -> Stats:
         """Statistics from exact sums (from a collective or a metric's states), with the rows if kept."""
         stats = cls(meta, pixels_per_image, keep_rows=rows is not None)
         # A sum over processes past the capacity has wrapped around in int64; only n shows it.
@@ -158,6 +166,7 @@ class Stats:
         stats.count_sum = np.asarray(count_sum, dtype=np.int64).copy()
         stats.count_outer_sum = np.asarray(count_outer_sum, dtype=np.int64).copy()
         stats.skipped = tuple(skipped)
+        stats.environment = tuple(environment)
         if rows is not None:
             if len(rows) != stats.n:
                 raise ValueError(f"{len(rows)} rows for {stats.n} images")
@@ -265,6 +274,7 @@ class Stats:
         self.count_sum += other.count_sum
         self.count_outer_sum += other.count_outer_sum
         self.skipped = self.skipped + other.skipped
+        self.environment = merge_environments(self.environment, other.environment)
         return self
 
     # -- the Gaussian -------------------------------------------------------------------------
@@ -315,6 +325,8 @@ class Stats:
             arrays.update(self.rows.to_arrays())
         if self.shard is not None:
             arrays["shard"] = np.array(self.shard.to_json())
+        if self.environment:
+            arrays["environment"] = np.array(json.dumps(list(self.environment)))
         for f in fields(StatsMeta):
             if f.name != "class_names":
                 arrays[f.name] = np.array(getattr(self.meta, f.name), dtype=str)
@@ -350,6 +362,12 @@ class Stats:
                 stats.count_outer_sum = data["count_outer_sum"].astype(np.int64)
                 if "skipped" in keys:
                     stats.skipped = tuple((str(a), str(b)) for a, b in json.loads(str(data["skipped"])))
+                if "environment" in keys:
+                    try:
+                        stats.environment = tuple(str(e) for e in json.loads(str(data["environment"])))
+                    except (ValueError, TypeError) as exc:
+                        raise InputError(f"statistics file {path} is damaged: its environment record is "
+                                         f"unreadable ({exc}); {RECOMPUTE_HINT}") from None
                 if "shard" in keys:
                     try:
                         stats.shard = ShardInfo.from_json(str(data["shard"]))

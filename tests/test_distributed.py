@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -195,6 +196,12 @@ def test_torchrun_cli_prints_once_and_equals_one_process(tmp_path):
     assert shared.stdout.count("\n") == 1  # one JSON line: rank 1 printed nothing
     assert json.loads(shared.stdout)["fsd"] == json.loads(single.stdout)["fsd"]
     assert json.loads(shared.stdout)["real"]["n"] == 5
+    # float32 rounding depends on the thread count: said once, by rank 0, on stderr
+    assert shared.stderr.count("under torchrun on the CPU each process segments with 1 thread") == 1, shared.stderr
+    assert "OMP_NUM_THREADS" in shared.stderr
+    # both ranks ran the same way: one description of the run, with the thread count of each process
+    environment = json.loads(shared.stdout)["real"]["environment"]
+    assert len(environment) == 1 and environment[0].endswith(", cpu (" + platform.machine() + "), 1 thread, float32")
 
 
 def test_torchrun_cli_error_is_printed_once(tmp_path):

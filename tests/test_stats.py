@@ -219,3 +219,50 @@ def test_a_file_claiming_too_many_images_is_refused(tmp_path):
     np.savez(tmp_path / "forged.npz", **arrays)
     with pytest.raises(InputError, match=r"forged.npz counts 4,611,686,018,427,387,904 images, more than"):
         Stats.load(tmp_path / "forged.npz")
+
+
+def test_statistics_record_how_they_were_computed_and_never_compare_it(tmp_path):
+    import platform
+
+    import torch
+    from click.testing import CliRunner
+
+    import fsd
+    from fsd.cli import cli
+    from fsd.segmenters.labelmap import LabelMapSegmenter
+    from fsd.shards import merge_stats
+    from tests.conftest import write_label_folder
+
+    folder = write_label_folder(tmp_path / "labels", 6, 3, seed=0)
+    before = torch.get_num_threads()
+    try:
+        parts = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            parts.append(fsd.compute_stats(folder, segmenter=LabelMapSegmenter(3), num_workers=0, progress=False))
+    finally:
+        torch.set_num_threads(before)
+    one, two = parts
+    machine = platform.machine()
+    assert one.environment == (f"torch {torch.__version__}, cpu ({machine}), 1 thread, float32",)
+    assert two.environment == (f"torch {torch.__version__}, cpu ({machine}), 2 threads, float32",)
+    one.save(tmp_path / "one.npz")
+    two.save(tmp_path / "two.npz")
+    assert Stats.load(tmp_path / "one.npz").environment == one.environment
+    merged = merge_stats([tmp_path / "one.npz", tmp_path / "two.npz"], different_sources=True)
+    assert merged.environment == one.environment + two.environment  # both kept, in order, never compared
+    assert fsd.distance(one, two).fsd == 0.0
+
+    old = Stats.load(tmp_path / "one.npz")
+    old.environment = ()  # what a file of an earlier fsd holds
+    old.save(tmp_path / "old.npz")
+    result = CliRunner().invoke(cli, ["report", str(tmp_path / "one.npz"), str(tmp_path / "old.npz"),
+                                      "--bootstrap", "0"])
+    assert result.exit_code == 0, result.output
+    assert f"real statistics computed with: {one.environment[0]}\n" in result.output
+    assert "fake statistics computed with: not recorded (statistics from an older fsd)\n" in result.output
+    as_json = CliRunner().invoke(cli, ["report", str(tmp_path / "one.npz"), str(tmp_path / "two.npz"),
+                                       "--bootstrap", "0", "--json"])
+    payload = __import__("json").loads(as_json.stdout)
+    assert payload["real"]["environment"] == list(one.environment)
+    assert payload["fake"]["environment"] == list(two.environment)
