@@ -51,7 +51,9 @@ def test_json_output_is_one_object(tmp_path):
     payload = json.loads(result.stdout)
     assert payload["fsd"] == pytest.approx(10000.0)
     assert payload["mean_term"] == pytest.approx(0.0) and payload["covariance_term"] == pytest.approx(10000.0)
+    environment = payload["real"].pop("environment")
     assert payload["real"] == {"n": 2, "source": str(real), "rows": True} and payload["fake"]["n"] == 2
+    assert len(environment) == 1 and environment[0].startswith("torch ")
     assert payload["ci_level"] == 0.95 and payload["bootstrap"] == {"samples": 1000, "seed": 0,
                                                                     "method": "basic"}
     for key in ("fsd_ci", "mean_term_ci", "covariance_term_ci"):
