@@ -69,7 +69,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from fsd._io import atomic_write_bytes, temporary_sibling
+from fsd._io import temporary_sibling
 from fsd._text import plural, warn
 from fsd.errors import DownloadError, InputError, WeightsError, WeightsFolderError
 
@@ -519,10 +519,22 @@ def check_file(artifact: Artifact, path: str | os.PathLike[str], name: str | Non
 def _write_stamp(path: Path, sha: str) -> None:
     stat = path.stat()
     record = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "ctime_ns": stat.st_ctime_ns, "sha256": sha}
+    stamp = _stamp_path(path)
     try:
-        atomic_write_bytes(_stamp_path(path), json.dumps(record).encode())
+        tmp, handle = _open_part(stamp)  # locked, so a concurrent fetch's cleanup leaves it alone
+    except (OSError, WeightsError):
+        return  # a read-only folder still works; its files are just checked again each run
+    try:
+        with handle:
+            handle.write(json.dumps(record).encode())
+            handle.truncate()
+            if os.name == "nt":
+                handle.close()
+            os.replace(tmp, stamp)
     except OSError:
-        pass  # a read-only folder still works; its files are just checked again each run
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ---- temporary files of downloads ------------------------------------------------------------------
@@ -591,8 +603,13 @@ def _unlink_if_abandoned(path: Path) -> bool:
 def _open_part(dest: Path) -> tuple[Path, BinaryIO]:
     """A new temporary file next to ``dest``, open for writing and locked (so no cleanup takes it)."""
     for _ in range(5):
-        tmp = temporary_sibling(dest)
-        handle = open(tmp, "r+b")
+        try:
+            tmp = temporary_sibling(dest)
+            handle = open(tmp, "r+b")
+        except FileNotFoundError:
+            if not dest.parent.is_dir():
+                raise
+            continue  # another fetch's cleanup took it before it was locked: take another
         if _lock(handle) is not False:
             try:
                 same = os.path.samestat(os.fstat(handle.fileno()), os.stat(tmp))
