@@ -68,4 +68,5 @@ __all__ = [
     "SequenceSource", "SourceFormatError", "open_source", "plot_omissions",
     "GeneratorSource", "save_samples", "FSDMetric", "load_baseline", "BASELINES",
     "FSDError", "InputError", "ImageReadError", "IncompatibleStatsError", "WeightsError", "DownloadError",
+    "weights",
 ]

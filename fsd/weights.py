@@ -190,7 +190,8 @@ def download(
     """Fetch what ``whats`` name (default: ``"segmenter"``; see the module docstring) into
     ``to/<artifact>/<file>``; ``to`` defaults to ``$FSD_WEIGHTS_DIR`` when set, else the cache.
 
-    Files already there are checked (and kept), stale temporary files are removed, missing files are
+    Files already there are checked (and kept), the temporary files interrupted downloads of any declared
+    artifact left in ``to/<artifact>/`` are removed (not those a running download holds), missing files are
     downloaded from ``mirrors`` (else ``$FSD_MIRRORS``) and then the published mirrors. Every artifact
     is attempted even when one fails; the failures are raised together afterwards. Offline
     (``offline=True`` or ``$FSD_OFFLINE=1``) nothing is downloaded: a complete folder passes, an
@@ -201,6 +202,8 @@ def download(
     if root.exists() and not root.is_dir():
         raise InputError(f"--to / to: {root} exists and is not a folder; choose a folder for the model files")
     user_mirrors(mirrors)  # a malformed mirror list is refused before anything is fetched
+    for artifact in artifacts():  # every artifact's leftovers, not only those of the ones asked for
+        remove_stale_parts(root / artifact.name, artifact)
     reports: list[FileReport] = []
     failures: list[WeightsError] = []
     for artifact, names in plan:
@@ -252,7 +255,7 @@ def verify(folder: str | os.PathLike[str] | None = None) -> list[FileReport]:
                         for p in sorted(entry.glob("*.npz"))]
         elif entry.name.startswith("."):
             if entry.name.endswith(".part"):
-                reports.append(_leftover(entry))
+                reports.append(_leftover(entry, in_artifact_folder=False))
         elif entry.is_file() and entry.name in by_file:
             reports.append(_verify_one(entry, by_file[entry.name]))
         else:
@@ -298,9 +301,14 @@ def _verify_one(path: Path, artifact: Artifact) -> FileReport:
     return FileReport("ok", path, artifact.name, size, sha)
 
 
-def _leftover(path: Path) -> FileReport:
-    return FileReport("leftover", path, None, path.stat().st_size, None,
-                      "temporary file of an interrupted download; the next download or fetch removes it")
+def _leftover(path: Path, in_artifact_folder: bool = True) -> FileReport:
+    detail = "temporary file of an interrupted download: "
+    if in_artifact_folder:
+        detail += ("`fsd weights download --to` this folder removes it (so does a fetch, where this is the cache); "
+                   "or delete it while no download is running")
+    else:
+        detail += "no download writes here; delete it while no download is running"
+    return FileReport("leftover", path, None, path.stat().st_size, None, detail)
 
 
 def damage_hint(reports: Sequence[FileReport], root: str | os.PathLike[str]) -> str:

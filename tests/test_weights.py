@@ -8,6 +8,7 @@ import http.server
 import io
 import json
 import os
+import subprocess
 import sys
 import urllib.error
 import urllib.parse
@@ -144,7 +145,7 @@ def sha(path: Path) -> str:
 # ---- download: every kind, into a folder --weights-dir then reads offline ---------------------------
 
 
-@pytest.mark.parametrize("what", ["lsun_church", "proggan:church", "encoder:church"])
+@pytest.mark.parametrize("what", ["lsun_church", "lsun_bedroom", "proggan:church", "encoder:church"])
 def test_download_each_kind_into_a_folder_read_offline(what, server, env, declared, tmp_path, monkeypatch):
     base = serve_mirror(server)
     store = tmp_path / "store"
@@ -152,6 +153,7 @@ def test_download_each_kind_into_a_folder_read_offline(what, server, env, declar
     assert result.exit_code == 0, result.output
     expected = {
         "lsun_church": [f"seeing-baselines/{CHURCH}", f"{UPP_NAME}/{LABELS_FILE}"],
+        "lsun_bedroom": [f"seeing-baselines/{BEDROOM}", f"{UPP_NAME}/{LABELS_FILE}"],
         "proggan:church": [f"proggan-church/{PROGGAN_FILE}"],
         "encoder:church": [f"encoder-church/{ENCODER_NAME}"],
     }[what]
@@ -167,35 +169,64 @@ def test_download_each_kind_into_a_folder_read_offline(what, server, env, declar
 
     server.shutdown()  # from here on there is no server at all
     monkeypatch.setenv("FSD_OFFLINE", "1")
-    if what == "lsun_church":
-        stats = fsd.load_baseline("lsun_church", weights_dir=store, progress=False)
-        assert stats.n == 12 and stats.meta.class_names[1] == "wall"
+    if what.startswith("lsun_"):
+        stats = fsd.load_baseline(what, weights_dir=store, progress=False)
+        assert stats.n == {"lsun_church": 12, "lsun_bedroom": 9}[what] and stats.meta.class_names[1] == "wall"
+        # The command line reads the folder through --weights-dir the same way.
+        result = run("report", what, what, "--weights-dir", store, "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["fsd"] == pytest.approx(0.0, abs=1e-9)
     elif what == "proggan:church":
         generator = fsd.invert.proggan("church", weights_dir=store, progress=False)
         z = torch.randn(1, 8)
         assert torch.equal(generator(z), tiny_generator(1)(z))
+        result = run("sample", what, tmp_path / "samples", "-n", 1, "--weights-dir", store, "--device", "cpu",
+                     "--quiet")
+        assert result.exit_code == 0, result.output
+        assert [p.name for p in (tmp_path / "samples").iterdir()] == ["000000.png"]
     else:
         model = fsd.invert.encoder("church", weights_dir=store, progress=False)
         assert model.architecture == tiny_encoder(2).architecture
     assert not env.exists() or not any(p.suffix == ".pth" for p in env.rglob("*"))
 
 
-def test_download_the_segmenter_by_default_into_a_folder_read_offline(server, env, tmp_path, monkeypatch):
+def test_download_the_segmenter_by_default_then_all_into_a_folder_read_offline(
+    server, env, declared, tmp_path, monkeypatch
+):
     published = write_upp_weights(tmp_path / "published")  # the exact architecture, random weights
-    for name in (ENCODER_FILE, DECODER_FILE, LABELS_FILE):
+    for name in (ENCODER_FILE, DECODER_FILE):
         server.routes[f"/lab/{UPP_NAME}/{name}"] = ("ok", (published / name).read_bytes())
+    serve_mirror(server)  # labels.json (the synthetic one write_upp_weights writes), baselines, generator, encoder
     store = tmp_path / "store"
     monkeypatch.setenv("FSD_MIRRORS", server.base + "/lab")
-    reports = fsd.weights.download(to=store, progress=False)
-    assert [(r.status, r.path) for r in reports] == [("ok", store / UPP_NAME / n)
-                                                     for n in (ENCODER_FILE, DECODER_FILE, LABELS_FILE)]
-    assert all(r.sha256 == sha(published / r.path.name) for r in reports)
+    result = run("weights", "download", "--to", store, "--quiet")  # no WHAT: the segmenter
+    assert result.exit_code == 0, result.output
+    segmenter_files = [store / UPP_NAME / n for n in (ENCODER_FILE, DECODER_FILE, LABELS_FILE)]
+    assert [line.split()[0::3] for line in result.stdout.splitlines()] == [["ok", str(p)] for p in segmenter_files]
+    assert all(line.split()[2] == sha(p) for line, p in zip(result.stdout.splitlines(), segmenter_files))
+    assert sha(store / UPP_NAME / ENCODER_FILE) == sha(published / ENCODER_FILE)
+    assert f"--weights-dir {store}" in result.stderr
+
+    asked = len(server.requests)
+    result = run("weights", "download", "--all", "--to", store, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 7  # 3 segmenter files, 2 tallies, a generator, an encoder
+    assert server.requests[asked:] == [f"/lab/seeing-baselines/{CHURCH}", f"/lab/seeing-baselines/{BEDROOM}",
+                                       f"/lab/proggan-church/{PROGGAN_FILE}", f"/lab/encoder-church/{ENCODER_NAME}"]
+
+    server.shutdown()  # from here on there is no server at all
     monkeypatch.setenv("FSD_OFFLINE", "1")
-    server.shutdown()
+    monkeypatch.delenv("FSD_MIRRORS")
+    reports = fsd.weights.download(to=store, progress=False)  # the Python default: the segmenter, all present
+    assert [(r.status, r.path, r.sha256) for r in reports] == [("ok", p, sha(p)) for p in segmenter_files]
     from fsd.segmenters.upp import UPPSegmenter
 
     segmenter = UPPSegmenter.from_pretrained(weights_dir=store, progress=False)
     assert segmenter.num_classes == 336
+    assert fsd.load_baseline("lsun_bedroom", weights_dir=store, progress=False).n == 9
+    assert fsd.invert.encoder("church", weights_dir=store, progress=False).architecture == tiny_encoder(2).architecture
+    assert [r.status for r in fsd.weights.verify(store)] == ["ok"] * 7
+    assert not env.exists() or not any(p.suffix == ".pth" for p in env.rglob("*"))
 
 
 def test_download_all_names_every_artifact_and_goes_on_after_a_failure(server, env, declared, tmp_path):
@@ -214,12 +245,24 @@ def test_download_all_names_every_artifact_and_goes_on_after_a_failure(server, e
 
 def test_download_removes_stale_temporary_files(server, env, declared, tmp_path):
     base = serve_mirror(server)
-    folder = tmp_path / "store" / "proggan-church"
-    folder.mkdir(parents=True)
-    stale = folder / f".{PROGGAN_FILE}.k1ll3d.part"
-    stale.write_bytes(b"half a download")
-    assert run("weights", "download", "proggan:church", "--to", tmp_path / "store", "--mirror", base).exit_code == 0
-    assert not stale.exists()
+    store = tmp_path / "store"
+    assert run("weights", "download", "proggan:church", "--to", store, "--mirror", base).exit_code == 0
+    stale = [store / "proggan-church" / f".{PROGGAN_FILE}.k1ll3d.part",  # a download killed mid-file
+             store / "proggan-church" / f"..{PROGGAN_FILE}.verified.k1ll3d.part",  # ... while writing its stamp
+             store / "encoder-church" / f".{ENCODER_NAME}.k1ll3d.part"]  # of an artifact not asked for
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a download")
+    mine = store / "encoder-church" / "notes.part"  # not a temporary file of this package: kept
+    mine.write_bytes(b"mine")
+    result = run("weights", "verify", store)
+    assert [line.split()[0] for line in result.stdout.splitlines() if ".k1ll3d." in line] == ["leftover"] * 3
+    assert "`fsd weights download --to` this folder removes it" in result.stdout
+    asked = len(server.requests)
+    assert run("weights", "download", "proggan:church", "--to", store, "--mirror", base).exit_code == 0
+    assert len(server.requests) == asked  # the generator was there: nothing downloaded, still cleaned up
+    assert [path for path in stale if path.exists()] == []
+    assert mine.read_bytes() == b"mine"
 
 
 # ---- mirrors -------------------------------------------------------------------------------------
@@ -257,6 +300,26 @@ def test_a_broken_user_mirror_falls_back_to_the_published_ones(broken, server, e
     folder = fetch(artifact, progress=False)
     assert (folder / "w.bin").read_bytes() == b"good bytes" * 100
     assert server.requests[-1] == "/published/w.bin"
+
+
+@pytest.mark.parametrize("how", ["--mirror", "$FSD_MIRRORS", "mirrors="])
+def test_download_falls_back_from_a_broken_user_mirror_to_the_published_one(how, server, env, declared, tmp_path,
+                                                                          monkeypatch):
+    # The generator's published mirror is the local server's /published; the user's mirror answers 404.
+    church = dataclasses.replace(generator_module.PROGGAN_ARTIFACTS["church"], mirrors=(server.base + "/published",))
+    monkeypatch.setattr(generator_module, "PROGGAN_ARTIFACTS", MappingProxyType({"church": church}))
+    body = saved(tiny_generator(1).state_dict())
+    server.routes[f"/published/{PROGGAN_FILE}"] = ("ok", body)
+    broken, store = server.base + "/lab", tmp_path / "store"
+    if how == "--mirror":
+        assert run("weights", "download", "proggan:church", "--to", store, "--mirror", broken).exit_code == 0
+    elif how == "$FSD_MIRRORS":
+        monkeypatch.setenv("FSD_MIRRORS", broken)
+        assert run("weights", "download", "proggan:church", "--to", store).exit_code == 0
+    else:
+        fsd.weights.download("proggan:church", to=store, mirrors=[broken], progress=False)
+    assert server.requests == [f"/lab/proggan-church/{PROGGAN_FILE}", f"/published/{PROGGAN_FILE}"]
+    assert (store / "proggan-church" / PROGGAN_FILE).read_bytes() == body
 
 
 def test_every_mirror_failing_lists_the_user_mirror_first(server, env, monkeypatch):
@@ -455,3 +518,12 @@ def test_a_downloaded_folder_served_as_is_is_a_mirror(store, env, tmp_path, monk
                     and not p.name.startswith("."))
     assert copied == sorted(p.relative_to(store) for p in store.rglob("*") if p.is_file() and not p.name.startswith("."))
     assert all(sha(tmp_path / "copy" / p) == sha(store / p) for p in copied)
+
+
+def test_the_python_equivalents_come_with_import_fsd():
+    code = ("import sys, fsd; from fsd import *; "
+            "print(weights.download is fsd.weights.download, callable(fsd.weights.verify), "
+            "callable(fsd.weights.where), callable(fsd.weights.format_where), 'fsd.invert' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "True", "True", "False"]  # fsd.invert loads only when needed
