@@ -58,6 +58,13 @@ def plot_omissions(*args, **kwargs):
     return _plot(*args, **kwargs)
 
 
+def write_html(*args, **kwargs):
+    """The offline HTML report of a result, with example images; see `fsd.set_page.write_html`."""
+    from .set_page import write_html as _write
+
+    return _write(*args, **kwargs)
+
+
 __all__ = [
     "__version__", "compute", "compute_stats", "distance", "compare", "class_percentages_of", "load_segmenter",
     "merge_stats",
@@ -65,7 +72,7 @@ __all__ = [
     "FrechetDistance", "frechet_distance",
     "Segmenter", "Preprocessing", "class_counts", "class_percentages", "LabelMapSegmenter",
     "MapSource", "FolderSource", "ZipSource", "ArraySource", "ArrayFileSource", "LmdbSource",
-    "SequenceSource", "SourceFormatError", "open_source", "plot_omissions",
+    "SequenceSource", "SourceFormatError", "open_source", "plot_omissions", "write_html",
     "GeneratorSource", "save_samples", "FSDMetric", "load_baseline", "BASELINES",
     "FSDError", "InputError", "ImageReadError", "IncompatibleStatsError", "WeightsError", "DownloadError",
     "weights",

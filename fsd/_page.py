@@ -31,7 +31,7 @@ table.sortable th[aria-sort="descending"]::after { content: " \\25BC"; }
 .photo { display: inline-block; vertical-align: top; margin: 0 1.5em 2em 0; max-width: 540px; }
 .photo img { max-width: 100%; }
 .examples { display: flex; flex-wrap: wrap; gap: 8px; margin: 0.3em 0 1em 0; }
-.example { width: 150px; font-size: 80%; }
+.example { width: 150px; font-size: 80%; margin: 0; }
 .example img { width: 150px; height: 150px; display: block; image-rendering: auto; }
 .swatch { display: inline-block; width: 0.9em; height: 0.9em; border: 1px solid #555; vertical-align: middle; }
 .side { display: inline-block; vertical-align: top; margin-right: 1em; }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable, Iterator
@@ -44,6 +45,7 @@ class DefaultCommandGroup(click.Group):
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         from pathlib import Path
 
+        ctx.meta["fsd.command_line"] = [ctx.info_name or "fsd", *args]  # as typed, for the HTML report
         if args and args[0] not in ("--help", "-h", "--version"):
             if args[0] not in self.commands:
                 args = [self.default_command, *args]
@@ -225,6 +227,38 @@ def _report_options(f):
     return f
 
 
+def _html_options(f):
+    f = click.option("--html-examples", type=click.IntRange(min=0), default=6, show_default=True,
+                     help="With --html: real and generated example images shown per class.")(f)
+    f = click.option("--html-classes", type=click.IntRange(min=0), default=8, show_default=True,
+                     help="With --html: significant omissions and excesses shown with example images.")(f)
+    f = click.option("--html", "html_dir", type=click.Path(file_okay=False), metavar="DIR",
+                     help="Write an offline HTML report into DIR: score, figure, the full class table, and example "
+                          "images of each class the generator draws too little or too much of.")(f)
+    return f
+
+
+def _check_html(html_dir: str | None, overwrite: bool, html_classes: int, html_examples: int) -> None:
+    if html_dir:
+        from .set_page import check_html_folder
+
+        check_html_folder(html_dir, overwrite)
+    elif html_classes != 8 or html_examples != 6:
+        raise click.UsageError("--html-classes and --html-examples apply with --html DIR")
+
+
+def _write_html(result, html_dir: str, overwrite: bool, html_classes: int, html_examples: int, q_threshold: float,
+                **sources) -> None:
+    from .report import VerdictRule
+    from .set_page import write_html
+
+    typed = click.get_current_context().meta.get("fsd.command_line") or ["fsd", *sys.argv[1:]]
+    command = shlex.join(typed)
+    index = write_html(result, html_dir, classes=html_classes, examples=html_examples, overwrite=overwrite,
+                       rule=VerdictRule(q_threshold=q_threshold), command=command, **sources)
+    _echo(f"wrote the HTML report to {index}", err=True)
+
+
 def _parse_value_range(ctx, param, value: str | None):
     """``None`` when not given, ``"uint8"``, or ``(low, high)``."""
     from .generators import parse_value_range
@@ -362,7 +396,10 @@ def _generator_options(f):
 @_segmenter_options
 @_uncertainty_options
 @_report_options
-@click.option("--overwrite", is_flag=True, help="Replace output files (--save-stats, --report-csv, --plot) that exist.")
+@_html_options
+@click.option("--overwrite", is_flag=True,
+              help="Replace output files (--save-stats, --report-csv, --plot) that exist, and write --html into a "
+                   "folder that holds files.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
@@ -371,7 +408,8 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                     no_rows, extensions, follow_links, exif_transpose, layout, key, image_column, segmenter,
                     num_classes, precision,
                     bootstrap, ci_level, bootstrap_seed, fsd_inf, q_threshold,
-                    show_report, top_k, sort, report_csv, plot_path, overwrite, as_json, quiet, debug) -> None:
+                    show_report, top_k, sort, report_csv, plot_path, html_dir, html_classes, html_examples,
+                    overwrite, as_json, quiet, debug) -> None:
     """FSD between REAL and FAKE (image folders, saved .npz statistics, lsun_church / lsun_bedroom, or a
     generator with --generator)."""
 
@@ -387,7 +425,8 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
             comparing = [name for name, given in (("--bootstrap", bootstrap is not None), ("--fsd-inf", fsd_inf),
                                                   ("--ci-level", ci_level != 0.95),
                                                   ("--bootstrap-seed", bootstrap_seed != 0),
-                                                  ("--q-threshold", q_threshold != 0.05)) if given]
+                                                  ("--q-threshold", q_threshold != 0.05),
+                                                  ("--html", html_dir is not None)) if given]
             if comparing:
                 raise click.UsageError(f"{', '.join(comparing)} apply when comparing two sets, not to --save-stats")
         elif shard_spec:
@@ -412,6 +451,7 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
 
                 shard = parse_shard(shard_spec)
         _check_outputs(report_csv, plot_path, overwrite)
+        _check_html(html_dir, overwrite, html_classes, html_examples)
         prompts = _read_prompts(prompts_file)
         if not generator_spec:  # with --generator, --num-samples is its number of samples
             _check_subset_applies(num_samples, [save_stats[0]] if save_stats else [real, fake])
@@ -459,6 +499,10 @@ def compute_command(real, fake, save_stats, generator_spec, z_dim, value_range, 
                                  **_uncertainty_kwargs(bootstrap, ci_level, bootstrap_seed, fsd_inf))
             if world.is_main:
                 _print_result(result, as_json, show_report, top_k, sort, report_csv, plot_path, q_threshold)
+                if html_dir:
+                    _write_html(result, html_dir, overwrite, html_classes, html_examples, q_threshold,
+                                real_images=opened["REAL"], fake_images=opened["FAKE"], segmenter=seg, seed=seed,
+                                device=rank_device, weights_dir=weights_dir)
 
     run_guarded(debug, action)
 
@@ -556,16 +600,28 @@ def sample_command(generator_spec, out_dir, num_samples, seed, z_dim, value_rang
 @click.option("--weights-dir", type=click.Path(file_okay=False),
               help="Folder of downloaded files, for the baseline names (their tally and labels.json).")
 @_uncertainty_options
-@click.option("--overwrite", is_flag=True, help="Replace output files (--report-csv, --plot) that exist.")
+@_html_options
+@click.option("--real-images", type=click.Path(), metavar="SOURCE",
+              help="With --html: where the real images are now, if not where REAL.npz recorded them.")
+@click.option("--fake-images", type=click.Path(), metavar="SOURCE",
+              help="With --html: where the generated images are now, if not where FAKE.npz recorded them.")
+@click.option("--device", help="With --html: torch device that segments the example images again.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace output files (--report-csv, --plot) that exist, and write --html into a folder that "
+                   "holds files.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def report_command(real, fake, top_k, sort, report_csv, plot_path, weights_dir, bootstrap, ci_level, bootstrap_seed,
-                   fsd_inf, q_threshold, overwrite, as_json, debug) -> None:
+                   fsd_inf, q_threshold, html_dir, html_classes, html_examples, real_images, fake_images, device,
+                   overwrite, as_json, debug) -> None:
     """Score, intervals and per-class report from two saved statistics files or baseline names (no
     segmentation runs)."""
 
     def action() -> None:
         _check_outputs(report_csv, plot_path, overwrite)
+        _check_html(html_dir, overwrite, html_classes, html_examples)
+        if not html_dir and (real_images or fake_images or device):
+            raise click.UsageError("--real-images, --fake-images and --device apply with --html DIR")
         from pathlib import Path
 
         from . import api
@@ -582,6 +638,9 @@ def report_command(real, fake, top_k, sort, report_csv, plot_path, weights_dir, 
         result = api.distance(load(real), load(fake), **_uncertainty_kwargs(bootstrap, ci_level, bootstrap_seed,
                                                                              fsd_inf))
         _print_result(result, as_json, True, top_k, sort, report_csv, plot_path, q_threshold)
+        if html_dir:
+            _write_html(result, html_dir, overwrite, html_classes, html_examples, q_threshold,
+                        real_images=real_images, fake_images=fake_images, device=device, weights_dir=weights_dir)
 
     run_guarded(debug, action)
 
@@ -608,13 +667,16 @@ def report_command(real, fake, top_k, sort, report_csv, plot_path, weights_dir, 
               help="Print the per-class table of each pair (the second model against the first).")
 @click.option("--top-k", type=click.IntRange(min=1), default=30, show_default=True,
               help="Classes shown in each table.")
+@_html_options
+@click.option("--overwrite", is_flag=True, help="Write --html into a folder that holds files.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def compare_command(real, fakes, names, device, batch_size, num_workers, num_samples, seed, weights_dir,
                     skip_bad_images, extensions, follow_links, exif_transpose, layout, key, image_column, value_range,
                     segmenter, num_classes, precision, bootstrap, ci_level, bootstrap_seed, fsd_inf,
-                    q_threshold, show_report, top_k, as_json, quiet, debug) -> None:
+                    q_threshold, show_report, top_k, html_dir, html_classes, html_examples, overwrite, as_json, quiet,
+                    debug) -> None:
     """Compare two or more generated sets (FAKE_A FAKE_B ...) against REAL: each FSD with its interval, and
     for every pair the difference with a paired-bootstrap interval, how often the first is closer, and the
     classes in which the two differ significantly. Each set is segmented once."""
@@ -632,6 +694,7 @@ def compare_command(real, fakes, names, device, batch_size, num_workers, num_sam
             labels = [n.strip() for n in names.split(",")]
             if len(labels) != len(fakes):
                 raise InputError(f"--names gives {len(labels)} names for {len(fakes)} generated sets")
+        _check_html(html_dir, overwrite, html_classes, html_examples)
         with _torchrun_session(device):
             world = current_world()
             rank_device = local_device(device, world)
@@ -651,13 +714,18 @@ def compare_command(real, fakes, names, device, batch_size, num_workers, num_sam
                 return
             if as_json:
                 click.echo(json.dumps(comparison.to_dict(), allow_nan=False))
-                return
-            click.echo(comparison.format())
-            if show_report:
-                for pair in comparison.pairs:
-                    a, b = comparison.names[pair.a], comparison.names[pair.b]
-                    click.echo(f"\n{b} against {a}:")
-                    click.echo(pair.classes.format_table(top_k))
+            else:
+                click.echo(comparison.format())
+                if show_report:
+                    for pair in comparison.pairs:
+                        a, b = comparison.names[pair.a], comparison.names[pair.b]
+                        click.echo(f"\n{b} against {a}:")
+                        click.echo(pair.classes.format_table(top_k))
+            if html_dir:
+                _write_html(comparison, html_dir, overwrite, html_classes, html_examples, q_threshold,
+                            real_images=opened["REAL"],
+                            fake_images=[opened[f"FAKE {k + 1}"] for k in range(len(fakes))], segmenter=seg,
+                            seed=seed, device=rank_device, weights_dir=weights_dir)
 
     run_guarded(debug, action)
 

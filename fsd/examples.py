@@ -104,6 +104,7 @@ def display_image(preprocessed: np.ndarray, num_classes: int) -> np.ndarray:
 
 # -- reading the chosen images again -------------------------------------------------------------------
 _COUNT_SUFFIX = re.compile(r"^(?P<path>.+?) \((?:[^()]*)\)$")
+_KEYED = re.compile(r"^(?P<path>.+)\['(?P<key>[^']*)'\]$")
 
 
 def reopen(description: str, **options):
@@ -114,13 +115,23 @@ def reopen(description: str, **options):
     """
     from .sources import open_source
 
+    from .sources import is_shard_list
+
     if not description:
         raise InputError("the statistics do not record their source")
     path = description[len("lmdb:"):] if description.startswith("lmdb:") else description
+    match = _COUNT_SUFFIX.match(description)  # "train-{000..009}.tar (10 shards)"
+    for candidate in (path, match["path"] if match else None):
+        if candidate and "{" in candidate and is_shard_list(candidate):
+            return open_source(candidate, **options)  # a missing shard is named by the reader
     if not Path(path).exists():
-        match = _COUNT_SUFFIX.match(description)  # "file.npz (100 images)", "<folder> (column 'image', ...)"
+        # "file.npz (100 images)", "<folder> (column 'image', ...)"
+        keyed = _KEYED.match(match["path"]) if match else None  # "file.npz['arr_0'] (100 images)"
         if match and Path(match["path"]).exists():
             path = match["path"]
+        elif keyed and Path(keyed["path"]).is_file():
+            path = keyed["path"]
+            options = {**options, "key": keyed["key"]}
         elif match or description.startswith(("array", "generator", "dataset", "images")):
             raise InputError(f"the recorded source {description!r} is not a file or folder (a generator or "
                              "images in memory): there is nothing to read again")
@@ -141,9 +152,19 @@ class Example:
     matches: bool
 
 
-def _locate(source, rows: Rows, positions: Sequence[int]) -> tuple[dict[int, int], list[str]]:
-    """Source index of each row position, by its recorded index when the identity still sits there,
-    else by identity; and the identities not found."""
+def _relative(identity: str, root: str) -> str:
+    """``identity`` without the source's own location (``root/a/b.png`` -> ``a/b.png``), so that the
+    images of a moved folder or archive are found by the rest of their name."""
+    for prefix in (root, root.split(" (", 1)[0]):
+        if prefix and identity.startswith(prefix) and len(identity) > len(prefix):
+            return identity[len(prefix):].lstrip("/\\!")
+    return identity
+
+
+def _locate(source, rows: Rows, positions: Sequence[int], recorded: str = "") -> tuple[dict[int, int], list[str]]:
+    """Source index of each row position: by its recorded index when the identity still sits there, else
+    by identity, else (a moved source) by the identity relative to the recorded source; and the
+    identities not found."""
     found, missing, by_identity = {}, [], None
     size = len(source)
     for r in positions:
@@ -152,8 +173,15 @@ def _locate(source, rows: Rows, positions: Sequence[int]) -> tuple[dict[int, int
             found[r] = index
             continue
         if by_identity is None:
-            by_identity = {source.identity(i): i for i in range(size)}
-        if identity in by_identity:
+            by_identity = {}
+            for i in range(size):
+                name = source.identity(i)
+                by_identity.setdefault(name, i)
+                by_identity.setdefault(("relative", _relative(name, source.description)), i)
+        key = identity if identity in by_identity else ("relative", _relative(identity, recorded))
+        if recorded and key in by_identity:
+            found[r] = by_identity[key]
+        elif identity in by_identity:
             found[r] = by_identity[identity]
         else:
             missing.append(identity)
@@ -161,11 +189,12 @@ def _locate(source, rows: Rows, positions: Sequence[int]) -> tuple[dict[int, int
 
 
 def read_examples(source, rows: Rows, positions: Sequence[int], segmenter, *, seed: int = 1,
-                  batch_size: int = 16) -> tuple[dict[int, Example], list[str]]:
+                  batch_size: int = 16, recorded: str = "") -> tuple[dict[int, Example], list[str]]:
     """Read the images at ``positions`` of ``rows`` from ``source`` (a `MapSource`, or the
     `GeneratorSource` whose samples they are: sample k is made again from the run's ``seed`` and k),
     preprocess and segment them again. Returns the examples by row position, and one line per image that
-    could not be read (its identity and why)."""
+    could not be read (its identity and why). ``recorded``: the source the statistics recorded, when
+    ``source`` is the same images moved elsewhere (they are then found by their names within it)."""
     positions = sorted(set(int(p) for p in positions))
     problems: list[str] = []
     prepared: dict[int, np.ndarray] = {}
@@ -180,7 +209,7 @@ def read_examples(source, rows: Rows, positions: Sequence[int], segmenter, *, se
             for k, image in zip(batch.indices, batch.images):
                 prepared[wanted[k]] = image.numpy()
     else:
-        located, missing = _locate(source, rows, positions)
+        located, missing = _locate(source, rows, positions, recorded)
         problems += [f"{identity}: no longer in {source.description or 'the source'}" for identity in missing]
         for r, index in located.items():
             try:
