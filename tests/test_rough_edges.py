@@ -176,3 +176,51 @@ def test_metric_repr_says_what_it_holds(image_folders):
     text = repr(metric)
     assert "real: 12 images (reference statistics given up front)" in text and "generated: 1 image" in text
     assert "real=0" not in text
+
+
+# -- fsd.invert: a tiny generator, an untrained encoder, segmenter weights, two photos ------------------------
+@pytest.fixture(scope="module")
+def invert_workspace(tmp_path_factory):
+    from fsd.invert.encoder import save_encoder
+    from fsd.invert.proggan import ProGAN
+    from fsd.invert.train import encoder_for
+    from tests.conftest import write_folder
+    from tests.synthetic import write_upp_weights
+
+    root = tmp_path_factory.mktemp("rough-invert")
+    write_upp_weights(root / "weights")
+    write_folder(root / "photos", 2, seed=0)
+    torch.manual_seed(0)
+    generator = ProGAN([16, 16, 16, 16, 8, 8, 8, 8, 4, 4, 4, 4, 4, 4], z_dim=16)
+    torch.save(generator.state_dict(), root / "generator.pth")
+    save_encoder(encoder_for(generator, width=8, seed=0), root / "encoder.pth")
+    return root
+
+
+def invert(root, out, *args):
+    from fsd.invert.cli import cli as invert_cli
+
+    base = [root / "photos", "--generator", root / "generator.pth", "--encoder", root / "encoder.pth",
+            "--out", out, "--weights-dir", root / "weights", "--device", "cpu", "-q"]
+    return CliRunner().invoke(invert_cli, [str(a) for a in [*base, *args]])
+
+
+def test_offline_vgg16_downloads_nothing_and_suggests_features_none(invert_workspace, tmp_path, monkeypatch):
+    import torchvision
+
+    from fsd.errors import WeightsError
+    from fsd.invert.inversion import feature_network
+
+    monkeypatch.setenv("FSD_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache: no VGG16 weights in it
+
+    def no_download(**_):
+        raise AssertionError("offline, yet torchvision was asked for VGG16")
+
+    monkeypatch.setattr(torchvision.models, "vgg16", no_download)
+    with pytest.raises(WeightsError, match="offline.*features='none'") as caught:
+        feature_network("vgg16")
+    assert "--features" not in str(caught.value)
+    result = invert(invert_workspace, tmp_path / "out", "--steps", "1", "--features", "vgg16")
+    assert result.exit_code == 1 and "pass --features none" in result.stderr and "features=" not in result.stderr
+    assert not (tmp_path / "out").exists()
