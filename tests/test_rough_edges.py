@@ -224,3 +224,10 @@ def test_offline_vgg16_downloads_nothing_and_suggests_features_none(invert_works
     result = invert(invert_workspace, tmp_path / "out", "--steps", "1", "--features", "vgg16")
     assert result.exit_code == 1 and "pass --features none" in result.stderr and "features=" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_invert_prints_its_version():
+    from fsd.invert.cli import cli as invert_cli
+
+    result = CliRunner().invoke(invert_cli, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"python -m fsd.invert, version {fsd.__version__}"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from fsd import __version__
 from fsd._io import check_output_folder
 from fsd.cli import DefaultCommandGroup, run_guarded
 from fsd.errors import InputError, WeightsError
@@ -29,6 +30,7 @@ class _DefaultToInvert(DefaultCommandGroup):
 
 
 @click.group(cls=_DefaultToInvert, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="python -m fsd.invert")
 def cli() -> None:
     """Layer inversion: which objects a generator cannot draw in real photos.
 
