@@ -231,3 +231,41 @@ def test_invert_prints_its_version():
 
     result = CliRunner().invoke(invert_cli, ["--version"])
     assert result.exit_code == 0 and result.stdout.strip() == f"python -m fsd.invert, version {fsd.__version__}"
+
+
+def test_invert_help_reads_right():
+    from fsd.invert.cli import cli as invert_cli
+
+    text = " ".join(CliRunner().invoke(invert_cli, ["--help"]).output.split())
+    assert "a generator without a published one needs" not in text
+    assert "trains an inversion encoder, for a generator that has no published one" in text
+    assert "Options of python -m fsd.invert PHOTOS (the default command)" in text and "fsd REAL FAKE" not in text
+    assert "Default: CUDA, else MPS, else CPU" in text and "cuda if available" not in text
+
+
+def test_counts_of_one_are_singular_in_the_inversion_outputs():
+    from fsd.invert.omissions import OmissionReport, html_page
+
+    names = ["-", "sky", "person"]
+    lost = OmissionReport(["a.png"], names, [[0, 50, 50]], [[0, 90, 10]], min_loss=1.0)
+    kept = OmissionReport(["a.png"], names, [[0, 50, 50]], [[0, 50, 50]], min_loss=1)
+    texts = [lost.format_table(), kept.format_table(), html_page(lost, ["a"]), html_page(kept, ["a"])]
+    assert "(1 photo; lost: at least 1 percentage point less" in texts[0]
+    assert texts[1] == "no class lost 1 percentage point or more in the photo"
+    assert "<p>1 photo. " in texts[2] and "at least 1 percentage point less of it" in texts[2]
+    assert "No class was lost by 1 percentage point or more." in texts[3]
+    for text in texts:
+        assert "1 photos" not in text and "1 percentage points" not in text
+    assert "2.5 percentage points" in OmissionReport(["a", "b"], names, lost.real.repeat(2, 0),
+                                                     lost.reconstruction.repeat(2, 0), min_loss=2.5).format_table()
+
+
+def test_train_encoder_says_1_step(invert_workspace, tmp_path):
+    from fsd.invert.cli import cli as invert_cli
+
+    result = CliRunner().invoke(invert_cli, [
+        "train-encoder", "--generator", str(invert_workspace / "generator.pth"), "--out", str(tmp_path / "e.pth"),
+        "--width", "8", "--batch-size", "2", "--backbone-steps", "1", "--layer-steps", "0", "--joint-steps", "0",
+        "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "backbone: 1 step, loss" in result.stdout and "1 steps" not in result.stdout

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from fsd._text import plural
 from fsd.errors import InputError, WeightsError
 from fsd.invert.split import PROGGAN_SPLIT, LayerSplit, SplitGenerator
 
@@ -256,7 +257,7 @@ def _start_latents(
         )
     if z0.dim() == 0 or z0.shape[0] != images.shape[0]:
         raise InputError(
-            f"start gives latents of shape {tuple(z0.shape)} for {images.shape[0]} images; "
+            f"start gives latents of shape {tuple(z0.shape)} for {plural(images.shape[0], 'image')}; "
             "need one latent per image (first dimension)"
         )
     return z0.detach().to(device=device, dtype=dtype)

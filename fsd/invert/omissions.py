@@ -270,7 +270,7 @@ class OmissionReport:
         (``"astronaut.jpg"``), its stem (``"astronaut"``) or its output name (``"img_000-2"``)."""
         if isinstance(photo, (int, np.integer)) and not isinstance(photo, bool):
             if not 0 <= photo < self.n:
-                raise InputError(f"photo index {photo} is out of range: the report holds {self.n} photos")
+                raise InputError(f"photo index {photo} is out of range: the report holds {plural(self.n, 'photo')}")
             return int(photo)
         wanted = os.fspath(photo) if isinstance(photo, os.PathLike) else str(photo)
         if wanted in self.ids:
@@ -382,8 +382,8 @@ class OmissionReport:
         """The ``k`` classes lost most often, as an aligned text table."""
         rows = [r for r in self.classes() if r.photos_lost > 0][:k]
         if not rows:
-            return (f"no class lost {self.min_loss:g} or more percentage points in any of the "
-                    f"{self.n} photos")
+            return (f"no class lost {plural(self.min_loss, 'percentage point')} or more in "
+                    + ("the photo" if self.n == 1 else f"any of the {self.n} photos"))
         headers = ("#", "class", "lost in", "mean loss", "max loss", "real %", "recon %")
         body = [
             (str(i), r.name, f"{r.photos_lost}/{self.n}", f"{r.mean_loss_when_lost:.2f}",
@@ -396,8 +396,8 @@ class OmissionReport:
             return "  ".join(v.ljust(w) if c == 1 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths)))
 
         return "\n".join([
-            f"Classes lost most often ({self.n} photos; lost: at least {self.min_loss:g} percentage "
-            "points less in the reconstruction; losses in percentage points)",
+            f"Classes lost most often ({plural(self.n, 'photo')}; lost: at least "
+            f"{plural(self.min_loss, 'percentage point')} less in the reconstruction; losses in percentage points)",
             line(headers),
             "-" * len(line(headers)),
             *(line(row) for row in body),
@@ -833,7 +833,7 @@ def html_page(
     settings that are not the paper's (`inversion_settings`), stated at the top of the page.
     """
     if len(names) != report.n:
-        raise InputError(f"got {len(names)} names for {report.n} photos")
+        raise InputError(f"got {plural(len(names), 'name')} for {plural(report.n, 'photo')}")
     rankings = dict(rankings or {})
     esc = html.escape
     anchor = {ident: f"photo-{name}" for ident, name in zip(report.ids, names)}
@@ -842,9 +842,9 @@ def html_page(
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        f"<p>{report.n} photos. Each photo was inverted through the generator; the photo and its "
+        f"<p>{plural(report.n, 'photo')}. Each photo was inverted through the generator; the photo and its "
         "reconstruction were segmented, and a class counts as <em>lost</em> in a photo when the "
-        f"reconstruction holds at least {report.min_loss:g} percentage points less of it. "
+        f"reconstruction holds at least {plural(report.min_loss, 'percentage point')} less of it. "
         "Losses are in percentage points of the image area.</p>",
         '<p>Tables: <a href="omissions.csv">omissions.csv</a> (per class), '
         '<a href="omissions_by_photo.csv">omissions_by_photo.csv</a> (per photo and class), '
@@ -872,7 +872,7 @@ def html_page(
             )
         parts.append("</table>")
     else:
-        parts.append(f"<p>No class was lost by {report.min_loss:g} percentage points or more.</p>")
+        parts.append(f"<p>No class was lost by {plural(report.min_loss, 'percentage point')} or more.</p>")
 
     for c, file_name in rankings.items():
         parts.append(f'<h2 id="ranking-{c}">Photos ranked by lost {esc(report.class_names[c])}</h2>')
