@@ -269,3 +269,16 @@ def test_train_encoder_says_1_step(invert_workspace, tmp_path):
         "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
     assert "backbone: 1 step, loss" in result.stdout and "1 steps" not in result.stdout
+
+
+def test_an_unknown_published_generator_is_named_as_such(tmp_path):
+    from fsd.invert.cli import cli as invert_cli
+
+    (tmp_path / "photos").mkdir()
+    for extra in ([], ["--encoder", __file__]):
+        result = CliRunner().invoke(invert_cli, [str(tmp_path / "photos"), "--generator", "proggan:nosuch",
+                                                 "--out", str(tmp_path / "out"), "-q", *extra])
+        assert result.exit_code == 2
+        assert result.stderr.startswith("error: --generator proggan:nosuch: unknown Progressive GAN 'nosuch'; "
+                                        "choose one of: bedroom, church,")
+        assert "encoder" not in result.stderr and not (tmp_path / "out").exists()

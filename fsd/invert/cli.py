@@ -153,10 +153,16 @@ def _features(spec: str):
 def _published_encoder_name(encoder_path: str | None, generator_spec: str) -> str | None:
     """The published encoder to use (``None`` with ``--encoder``); an error if there is none."""
     from fsd.invert.encoder import ENCODER_ARTIFACTS
+    from fsd.invert.weights import proggan_artifact
 
+    name = generator_spec.split(":", 1)[1] if generator_spec.startswith("proggan:") else None
+    if name is not None:
+        try:
+            proggan_artifact(name)  # an unknown name is that, not a missing encoder
+        except InputError as error:
+            raise InputError(f"--generator {generator_spec}: {error}") from None
     if encoder_path is not None:
         return None
-    name = generator_spec.split(":", 1)[1] if generator_spec.startswith("proggan:") else None
     if name in ENCODER_ARTIFACTS:
         return name
     raise InputError(
