@@ -282,3 +282,17 @@ def test_an_unknown_published_generator_is_named_as_such(tmp_path):
         assert result.stderr.startswith("error: --generator proggan:nosuch: unknown Progressive GAN 'nosuch'; "
                                         "choose one of: bedroom, church,")
         assert "encoder" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_invert_device_errors_exit_2_with_one_line(tmp_path):
+    import fsd.devices
+    from fsd.invert.cli import cli as invert_cli
+
+    (tmp_path / "photos").mkdir()
+    device = ["--generator", "proggan:church", "--device", "gpu", "-q"]
+    for args in ([str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--encoder", __file__, *device],
+                 ["train-encoder", "--out", str(tmp_path / "e.pth"), *device]):
+        result = CliRunner().invoke(invert_cli, args)
+        assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
+            "error: unknown device 'gpu' (for an NVIDIA GPU say cuda or cuda:N); devices here: "
+            + ", ".join(fsd.devices.available_devices())]

@@ -125,11 +125,10 @@ def _load_generator(spec: str, device, weights_dir: str | None, progress: bool):
 
 
 def _device(device: str | None):
-    from fsd.devices import default_device
+    """The ``--device`` (default: CUDA, else MPS, else CPU), checked to exist here (an InputError if not)."""
+    from fsd.devices import resolve_device
 
-    import torch
-
-    return torch.device(device) if device else default_device()
+    return resolve_device(device)
 
 
 def _features(spec: str):
