@@ -296,3 +296,17 @@ def test_invert_device_errors_exit_2_with_one_line(tmp_path):
         assert result.exit_code == 2 and result.stderr.strip().splitlines() == [
             "error: unknown device 'gpu' (for an NVIDIA GPU say cuda or cuda:N); devices here: "
             + ", ".join(fsd.devices.available_devices())]
+
+
+def test_the_ranking_page_never_shows_a_signed_zero():
+    from fsd.invert.omissions import OmissionReport, html_page
+
+    names = ["-", "sky", "person"]
+    # a: loses person; b: gains a hair of it (-0.001); c: has none in either image
+    real = [[0, 50, 50], [0, 80, 20], [0, 100, 0]]
+    recon = [[0, 90, 10], [0, 79.999, 20.001], [0, 100, 0]]
+    page = html_page(OmissionReport(["a", "b", "c"], names, real, recon), ["a", "b", "c"],
+                     rankings={2: "ranked_by_person.csv"})
+    ranking = page[page.index('id="ranking-2"'):page.index("<h2>Photos</h2>")]
+    assert "(+40.00)" in ranking and ranking.count("(0.00)") == 2
+    assert "-0.00" not in ranking and "+0.00" not in ranking

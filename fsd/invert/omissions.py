@@ -816,6 +816,16 @@ def _link(path: str) -> str:
     return html.escape(quote(path), quote=True)
 
 
+def _signed(value: float, digits: int = 2) -> str:
+    """``+1.25`` / ``-0.50``, and ``0.00`` for a value that rounds to zero (never ``-0.00`` or ``+0.00``).
+
+    >>> _signed(1.254), _signed(-0.5), _signed(-0.001), _signed(0.0)
+    ('+1.25', '-0.50', '0.00', '0.00')
+    """
+    text = f"{value:+.{digits}f}"
+    return text[1:] if float(text) == 0 else text
+
+
 def html_page(
     report: OmissionReport,
     names: Sequence[str],
@@ -881,7 +891,7 @@ def html_page(
             parts.append(
                 f'<li><a href="#{_link(anchor[rank.photo])}">{esc(names[report.ids.index(rank.photo)])}</a>: '
                 f"{rank.real:.2f}% in the photo, {rank.reconstruction:.2f}% in the reconstruction "
-                f"({rank.difference:+.2f})</li>"
+                f"({_signed(rank.difference)})</li>"
             )
         parts.append("</ol>")
 
