@@ -310,3 +310,36 @@ def test_the_ranking_page_never_shows_a_signed_zero():
     ranking = page[page.index('id="ranking-2"'):page.index("<h2>Photos</h2>")]
     assert "(+40.00)" in ranking and ranking.count("(0.00)") == 2
     assert "-0.00" not in ranking and "+0.00" not in ranking
+
+
+def _documented_outputs(text: str) -> dict[str, str]:
+    """``DIR/...`` paths in a document's tables -> a pattern of the file names they stand for."""
+    import re
+
+    found = {}
+    for path in re.findall(r"`{1,2}DIR/([^`]+)`{1,2}", text):
+        pattern = re.escape(path).replace(re.escape("<name>"), "[^/]+").replace(re.escape("<class>"), "[a-z0-9-]+")
+        found[path] = pattern
+    return found
+
+
+def test_the_docs_list_every_file_the_inversion_writes(invert_workspace, tmp_path):
+    import re
+    from pathlib import Path
+
+    import fsd.invert.omissions
+
+    out = tmp_path / "out"
+    result = invert(invert_workspace, out, "--steps", "1", "--features", "none", "--rank-by", "person", "--json")
+    assert result.exit_code == 0, result.output
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert "ranked_by_lost_person.csv" in written  # named by what it holds, no class id
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "invert.md").read_text()
+    section = docs[docs.index("## The output folder"):docs.index("## Encoders")]
+    for text in (section, fsd.invert.omissions.__doc__):
+        documented = _documented_outputs(text)
+        assert len(documented) == 9
+        for path in written:
+            assert [d for d, p in documented.items() if re.fullmatch(p, path)], f"{path} is not documented"
+        for doc, pattern in documented.items():
+            assert any(re.fullmatch(pattern, path) for path in written), f"{doc} is documented but not written"

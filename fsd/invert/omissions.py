@@ -23,12 +23,14 @@ large positive difference is something the generator could not draw in that phot
   ``DIR/omissions.csv``               one row per class: how often and how much it was lost
   ``DIR/omissions_by_photo.csv``      one row per (photo, class present in either segmentation)
   ``DIR/omissions.json``              settings, the class table, per photo its lost classes and files
-  ``DIR/ranked_<class>-<id>.csv``     photos ranked by the loss of a chosen class (``rank_by``)
+  ``DIR/ranked_by_lost_<class>.csv``  photos ranked by the loss of a chosen class (``rank_by``)
   ``DIR/index.html``                  the panels and tables on one page, relative links, offline
   ==================================  ===============================================================
 
   ``<name>`` is the photo's file name without its extension (made unique with ``-2``, ``-3``, ...,
-  and limited to letters, digits, ``.``, ``_`` and ``-``).
+  and limited to letters, digits, ``.``, ``_`` and ``-``); ``<class>`` the class's name before its
+  synonyms (`class_slug`: ``coffee-maker``), followed by ``-<id>`` only where two ranked classes would
+  share a file name.
 
 Photos are read with the segmenter's preprocessing (the paper's resize and centre crop to 256 px),
 and, when the generator makes another size, again at the generator's resolution for the inversion.
@@ -91,6 +93,7 @@ __all__ = [
     "PhotoRank",
     "OmissionReport",
     "find_class",
+    "ranking_file_names",
     "omissions_from_labels",
     "PhotoInversion",
     "invert_photos",
@@ -195,6 +198,20 @@ def class_slug(name: str) -> str:
     """
     primary = name.split(",")[0]
     return re.sub(r"[^0-9a-z]+", "-", primary.lower()).strip("-") or "class"
+
+
+def ranking_file_names(class_names: Sequence[str], classes: Iterable[int]) -> dict[int, str]:
+    """The ranking CSV of each class to rank by: ``ranked_by_lost_<class>.csv``, with ``-<id>`` appended
+    only where two of them would share a name.
+
+    >>> ranking_file_names(["-", "person, individual", "coffee maker"], [1, 2])
+    {1: 'ranked_by_lost_person.csv', 2: 'ranked_by_lost_coffee-maker.csv'}
+    >>> ranking_file_names(["-", "T.V.", "t v"], [1, 2])
+    {1: 'ranked_by_lost_t-v-1.csv', 2: 'ranked_by_lost_t-v-2.csv'}
+    """
+    slugs = {c: class_slug(class_names[c]) for c in dict.fromkeys(classes)}
+    counts = {slug: list(slugs.values()).count(slug) for slug in slugs.values()}
+    return {c: f"ranked_by_lost_{slug}{f'-{c}' if counts[slug] > 1 else ''}.csv" for c, slug in slugs.items()}
 
 
 def find_class(class_names: Sequence[str], cls: int | str) -> int:
@@ -758,7 +775,7 @@ class ReportOptions:
 
     ``min_loss``: percentage points from which a class counts as lost in a photo. ``legend_classes``:
     classes in each panel's legend (the top ones by pixel count over both segmentations).
-    ``rank_by``: classes to rank the photos by (``ranked_<class>-<id>.csv`` and a section of the page).
+    ``rank_by``: classes to rank the photos by (``ranked_by_lost_<class>.csv`` and a section of the page).
     ``contact_sheet_photos``: photos on the contact sheet (the first ones); ``columns``: its grid.
     """
 
@@ -1062,8 +1079,7 @@ def invert_folder(
     report.write_class_csv(files["class_csv"])
     report.write_photo_csv(files["photo_csv"], names)
     rankings: dict[int, str] = {}
-    for c in dict.fromkeys(rank_classes):
-        file_name = f"ranked_{class_slug(class_names[c])}-{c}.csv"
+    for c, file_name in ranking_file_names(class_names, rank_classes).items():
         report.write_ranking_csv(out / file_name, c, names)
         files[f"ranked_{c}"] = out / file_name
         rankings[c] = file_name
