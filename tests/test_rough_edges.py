@@ -343,3 +343,36 @@ def test_the_docs_list_every_file_the_inversion_writes(invert_workspace, tmp_pat
             assert [d for d, p in documented.items() if re.fullmatch(p, path)], f"{path} is not documented"
         for doc, pattern in documented.items():
             assert any(re.fullmatch(pattern, path) for path in written), f"{doc} is documented but not written"
+
+
+def test_train_encoder_progress_shows_the_loss_of_the_step_it_counts(monkeypatch):
+    import fsd.invert.train as train
+    from fsd.invert.proggan import ProGAN
+
+    shown: dict[str, list[tuple[int, str]]] = {}
+
+    class Bar:  # records what a redraw at each count would show
+        def __init__(self, total, initial, desc, **_):
+            self.n, self.postfix, self.drawn = initial, "", shown.setdefault(desc, [])
+
+        def set_postfix(self, refresh=True, **values):
+            self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+            if refresh:
+                self.drawn.append((self.n, self.postfix))
+
+        def update(self, n=1):
+            self.n += n
+            self.drawn.append((self.n, self.postfix))
+
+        def close(self):
+            self.drawn.append((self.n, self.postfix))
+
+    monkeypatch.setattr(train, "tqdm", Bar)
+    torch.manual_seed(0)
+    generator = ProGAN([16, 16, 16, 16, 8, 8, 8, 8, 4, 4, 4, 4, 4, 4], z_dim=16)
+    config = train.EncoderTrainingConfig(batch_size=2, backbone=3, layers=0, joint=0)
+    result = train.train_encoder(generator, encoder=train.encoder_for(generator, width=8, seed=0), config=config,
+                                 device="cpu", progress=True)
+    losses = result.history["backbone"]
+    assert losses.size == 3
+    assert shown["encoder backbone"] == [(n, f"loss={losses[n - 1]:.4f}") for n in (1, 2, 3, 3)]
