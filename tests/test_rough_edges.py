@@ -376,3 +376,34 @@ def test_train_encoder_progress_shows_the_loss_of_the_step_it_counts(monkeypatch
     losses = result.history["backbone"]
     assert losses.size == 3
     assert shown["encoder backbone"] == [(n, f"loss={losses[n - 1]:.4f}") for n in (1, 2, 3, 3)]
+
+
+def test_plot_omissions_takes_the_result_of_compute(image_folders):
+    pytest.importorskip("matplotlib")
+    real, fake = image_folders
+    result = fsd.compute(real, fake, segmenter=ColorSegmenter(), num_workers=0, progress=False)
+    figure = fsd.plot_omissions(result)
+    assert figure.axes[0].get_title().startswith(f"FSD {result.fsd:.2f}")
+    with pytest.raises(InputError, match="takes an FSDResult, or the real and the generated Stats"):
+        fsd.plot_omissions(result.real)
+
+
+def test_the_readmes_python_api_names_what_exists(image_folders):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    api = readme[readme.index("## Python API"):]
+    api = api[:api.index("```\n", api.index("```python") + 1)]
+    real, _ = image_folders
+    stats = fsd.compute_stats(real, segmenter=ColorSegmenter(), num_workers=0, progress=False)
+    attributes = re.search(r"# fsd\.Stats: (.*)", api).group(1)
+    for attribute in re.findall(r"\.(\w+)", attributes):
+        assert hasattr(stats, attribute), f"README: fsd.Stats has no .{attribute}"
+    unpacked = re.search(r"^(.*) = fsd\.frechet_distance\((.*)\)", api, re.M)
+    assert len(unpacked.group(1).split(",")) == len(fsd.FrechetDistance._fields)
+    defined = set(re.findall(r"^(\w+(?:, \w+)*) =", api, re.M))
+    defined = {name.strip() for group in defined for name in group.split(",")}
+    for used in re.findall(r"\b(\w+)\.(?:mu|sigma)\b", unpacked.group(2)):
+        assert used in defined, f"README: {used} is used before it is defined"
+    assert "mu1" not in readme and "sigma1" not in readme
