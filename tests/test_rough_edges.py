@@ -407,3 +407,15 @@ def test_the_readmes_python_api_names_what_exists(image_folders):
     for used in re.findall(r"\b(\w+)\.(?:mu|sigma)\b", unpacked.group(2)):
         assert used in defined, f"README: {used} is used before it is defined"
     assert "mu1" not in readme and "sigma1" not in readme
+
+
+def test_docs_invert_shows_the_python_entry_points():
+    from pathlib import Path
+
+    import fsd.invert
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "invert.md").read_text()
+    python = docs[docs.index("## Python"):docs.index("## Cost")]
+    for name in ("invert_folder", "invert_photos", "omissions_from_labels", "train_encoder", "save_encoder",
+                 "load_encoder", "EncoderTrainingConfig", "StageSchedule"):
+        assert name in fsd.invert.__all__ and f"fsd.invert.{name}(" in python, name
