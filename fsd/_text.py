@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 
-def plural(count: int, word: str, plural_form: str | None = None) -> str:
-    """``"1 image"``, ``"2 images"``, ``"0 images"``; ``plural_form`` for irregular words.
+def plural(count: float, word: str, plural_form: str | None = None) -> str:
+    """``"1 image"``, ``"2 images"``, ``"0 images"``; ``plural_form`` for irregular words. A float count
+    is written with ``:g`` (``1.0`` -> ``"1 point"``, ``0.5`` -> ``"0.5 points"``).
 
     >>> plural(1, "image"), plural(3, "image"), plural(2, "class", "classes")
     ('1 image', '3 images', '2 classes')
+    >>> plural(1.0, "percentage point"), plural(2.5, "percentage point")
+    ('1 percentage point', '2.5 percentage points')
     """
-    return f"{count} {word if count == 1 else (plural_form or word + 's')}"
+    shown = f"{count:g}" if isinstance(count, float) else str(count)
+    return f"{shown} {word if count == 1 else (plural_form or word + 's')}"
 
 
 def warn(message: str, category: type[Warning] = UserWarning) -> None:

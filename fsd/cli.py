@@ -41,6 +41,7 @@ class DefaultCommandGroup(click.Group):
     """
 
     default_command = "compute"
+    default_usage = "fsd REAL FAKE"  # the default command's command line, as the help names it
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         from pathlib import Path
@@ -67,7 +68,7 @@ class DefaultCommandGroup(click.Group):
         with click.Context(command, info_name=ctx.info_name, parent=ctx) as sub:
             rows = [r for p in command.get_params(sub)
                     if isinstance(p, click.Option) and (r := p.get_help_record(sub)) is not None]
-        with formatter.section("Options of fsd REAL FAKE (the default command)"):
+        with formatter.section(f"Options of {self.default_usage} (the default command)"):
             formatter.write_dl(rows)
 
 

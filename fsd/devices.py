@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ._text import plural
 from .errors import InputError
 
 
@@ -56,7 +57,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise InputError(f"device {str(device)!r} asks for CUDA, which this machine does not have (no NVIDIA "
                              f"driver or GPU, or a PyTorch build without CUDA); devices here: {here}")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise InputError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+            raise InputError(f"device {str(device)!r}: this machine has {plural(torch.cuda.device_count(), 'CUDA device')}; "
                              f"devices here: {here}")
     elif kind == "mps":
         if not torch.backends.mps.is_available():
@@ -85,6 +86,4 @@ def describe_run(device: str | torch.device, precision: str = "float32") -> str:
         where = f"cuda ({torch.cuda.get_device_name(index)})"
     else:
         where = f"{device.type} ({platform.machine() or 'unknown machine'})"
-    from ._text import plural
-
     return f"torch {torch.__version__}, {where}, {plural(torch.get_num_threads(), 'thread')}, {precision}"

@@ -99,7 +99,7 @@ def test_invert_writes_every_promised_file(workspace):
         panel = Image.open(out / "panels" / f"{name}.png")
         assert panel.width > 512 and panel.height > 512
     expected = {"omissions.csv", "omissions_by_photo.csv", "omissions.json", "index.html", "contact_sheet.png",
-                "ranked_person-6.csv"}
+                "ranked_by_lost_person.csv"}
     assert expected <= {p.name for p in out.iterdir()}
     assert {Path(p).name for p in payload["files"].values()} == expected
     with open(out / "omissions_by_photo.csv", newline="") as handle:

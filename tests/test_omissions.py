@@ -248,13 +248,13 @@ def test_invert_folder_writes_the_report(tmp_path):
         assert (out / "panels" / f"{name}.png").is_file()
     assert set(result.files) == {"class_csv", "photo_csv", "json", "contact_sheet", "html", "ranked_1"}
     assert all(path.is_file() for path in result.files.values())
-    assert result.files["ranked_1"].name == "ranked_red-1.csv"
+    assert result.files["ranked_1"].name == "ranked_by_lost_red.csv"
     payload = json.loads((out / "omissions.json").read_text())
     assert [p["name"] for p in payload["photos"]] == result.names
     assert payload["photos"][2]["files"]["panel"] == "panels/img_000-2.png"
-    assert payload["rankings"] == {"red": "ranked_red-1.csv"} and payload["settings"]["steps"] == 1
+    assert payload["rankings"] == {"red": "ranked_by_lost_red.csv"} and payload["settings"]["steps"] == 1
     links = assert_page_links_exist(out / "index.html")
-    assert "panels/img_000-2.png" in links and "ranked_red-1.csv" in links
+    assert "panels/img_000-2.png" in links and "ranked_by_lost_red.csv" in links
     with pytest.raises(InputError, match="already holds files"):
         invert_folder(tmp_path / "photos", out, options=options, **common)
     invert_folder(tmp_path / "photos", out, options=options, overwrite=True, **common)

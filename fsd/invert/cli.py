@@ -16,7 +16,9 @@ from pathlib import Path
 
 import click
 
+from fsd import __version__
 from fsd._io import check_output_folder
+from fsd._text import plural
 from fsd.cli import DefaultCommandGroup, run_guarded
 from fsd.errors import InputError, WeightsError
 
@@ -26,9 +28,11 @@ class _DefaultToInvert(DefaultCommandGroup):
     unless a file or folder of that name exists (then it is the photos)."""
 
     default_command = "invert"
+    default_usage = "python -m fsd.invert PHOTOS"
 
 
 @click.group(cls=_DefaultToInvert, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="python -m fsd.invert")
 def cli() -> None:
     """Layer inversion: which objects a generator cannot draw in real photos.
 
@@ -38,7 +42,8 @@ def cli() -> None:
 
     The first inverts every photo through the generator (the paper's layer inversion), segments
     the photo and its reconstruction, and writes reconstructions, panels, tables and an HTML page
-    to DIR. The second trains the inversion encoder a generator without a published one needs.
+    to DIR. The second trains an inversion encoder, for a generator that has no published one
+    (inverting needs an encoder's first estimate of each photo's latent).
     """
 
 
@@ -69,7 +74,7 @@ def _common_options(f):
                      help="Folder of downloaded model files (upp-resnet50-upernet/, proggan-NAME/, "
                           "encoder-NAME/); used as is, never downloaded into. Default: $FSD_WEIGHTS_DIR, "
                           "else the cache.")(f)
-    f = click.option("--device", help="torch device, e.g. cuda, cuda:1, cpu. Default: cuda if available.")(f)
+    f = click.option("--device", help="torch device, e.g. cuda, cuda:1, cpu, mps. Default: CUDA, else MPS, else CPU.")(f)
     return f
 
 
@@ -120,11 +125,10 @@ def _load_generator(spec: str, device, weights_dir: str | None, progress: bool):
 
 
 def _device(device: str | None):
-    from fsd.devices import default_device
+    """The ``--device`` (default: CUDA, else MPS, else CPU), checked to exist here (an InputError if not)."""
+    from fsd.devices import resolve_device
 
-    import torch
-
-    return torch.device(device) if device else default_device()
+    return resolve_device(device)
 
 
 def _features(spec: str):
@@ -148,10 +152,16 @@ def _features(spec: str):
 def _published_encoder_name(encoder_path: str | None, generator_spec: str) -> str | None:
     """The published encoder to use (``None`` with ``--encoder``); an error if there is none."""
     from fsd.invert.encoder import ENCODER_ARTIFACTS
+    from fsd.invert.weights import proggan_artifact
 
+    name = generator_spec.split(":", 1)[1] if generator_spec.startswith("proggan:") else None
+    if name is not None:
+        try:
+            proggan_artifact(name)  # an unknown name is that, not a missing encoder
+        except InputError as error:
+            raise InputError(f"--generator {generator_spec}: {error}") from None
     if encoder_path is not None:
         return None
-    name = generator_spec.split(":", 1)[1] if generator_spec.startswith("proggan:") else None
     if name in ENCODER_ARTIFACTS:
         return name
     raise InputError(
@@ -237,8 +247,8 @@ def invert_command(photos, generator_spec, out_dir, encoder_path, steps, lr, bat
             }, allow_nan=False))
             return
         click.echo(result.report.format_table())
-        click.echo(f"wrote {result.report.n} reconstructions, panels and {result.files['html']} to {out_dir}",
-                   err=True)
+        click.echo(f"wrote {plural(result.report.n, 'reconstruction')}, panels and {result.files['html']} to "
+                   f"{out_dir}", err=True)
 
     run_guarded(debug, action)
 
@@ -332,7 +342,7 @@ def train_encoder_command(generator_spec, out_path, checkpoint, resume, checkpoi
             return
         for stage, row in summary.items():
             if row["steps"]:
-                click.echo(f"{stage:>10}: {row['steps']} steps, loss {row['first_loss']:.4f} -> "
+                click.echo(f"{stage:>10}: {plural(row['steps'], 'step')}, loss {row['first_loss']:.4f} -> "
                            f"{row['last_loss']:.4f}")
             else:
                 click.echo(f"{stage:>10}: skipped (0 steps)")

@@ -34,13 +34,16 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from fsd._text import plural
 from fsd.errors import InputError, WeightsError
 from fsd.invert.split import PROGGAN_SPLIT, LayerSplit, SplitGenerator
 
@@ -159,17 +162,29 @@ class ImageNetNormalize(nn.Module):
 def vgg16_relu4_2(*, progress: bool = True) -> nn.Module:
     """torchvision's ImageNet VGG16 ``features[:21]`` (through relu4_2), frozen and in eval mode.
 
-    The weights come through torchvision's weights API and its cache (``$TORCH_HOME``).
+    The weights come through torchvision's weights API and its cache (``$TORCH_HOME``). Offline
+    (``$FSD_OFFLINE=1``) they must already be in that cache: nothing is downloaded.
     """
     from torchvision.models import VGG16_Weights, vgg16
 
+    from fsd._hints import option
+    from fsd.hub import offline_mode
+
+    weights = VGG16_Weights.IMAGENET1K_V1
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    instead = option("pass features='none' (pixel loss only) or your own feature network (an nn.Module) as features=",
+                     "pass --features none (pixel loss only) or your own feature network as --features MODULE:NAME")
+    if offline_mode() and not (cache / Path(urlparse(weights.url).path).name).is_file():
+        raise WeightsError(
+            f"offline ($FSD_OFFLINE): torchvision's VGG16 ImageNet weights are not in {cache}, and are not "
+            f"downloaded; {instead}, or put {weights.url} there"
+        )
     try:
-        network = vgg16(weights=VGG16_Weights.IMAGENET1K_V1, progress=progress).features[:21]
+        network = vgg16(weights=weights, progress=progress).features[:21]
     except (OSError, RuntimeError) as error:
         raise WeightsError(
-            f"cannot load torchvision's VGG16 ImageNet weights: {error}; download "
-            f"{VGG16_Weights.IMAGENET1K_V1.url} into $TORCH_HOME/hub/checkpoints/ "
-            "(default ~/.cache/torch), or pass your own feature network as features="
+            f"cannot load torchvision's VGG16 ImageNet weights: {error}; {instead}, or download "
+            f"{weights.url} into $TORCH_HOME/hub/checkpoints/ (default ~/.cache/torch)"
         ) from error
     return network.eval().requires_grad_(False)
 
@@ -242,7 +257,7 @@ def _start_latents(
         )
     if z0.dim() == 0 or z0.shape[0] != images.shape[0]:
         raise InputError(
-            f"start gives latents of shape {tuple(z0.shape)} for {images.shape[0]} images; "
+            f"start gives latents of shape {tuple(z0.shape)} for {plural(images.shape[0], 'image')}; "
             "need one latent per image (first dimension)"
         )
     return z0.detach().to(device=device, dtype=dtype)

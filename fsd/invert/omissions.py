@@ -23,12 +23,14 @@ large positive difference is something the generator could not draw in that phot
   ``DIR/omissions.csv``               one row per class: how often and how much it was lost
   ``DIR/omissions_by_photo.csv``      one row per (photo, class present in either segmentation)
   ``DIR/omissions.json``              settings, the class table, per photo its lost classes and files
-  ``DIR/ranked_<class>-<id>.csv``     photos ranked by the loss of a chosen class (``rank_by``)
+  ``DIR/ranked_by_lost_<class>.csv``  photos ranked by the loss of a chosen class (``rank_by``)
   ``DIR/index.html``                  the panels and tables on one page, relative links, offline
   ==================================  ===============================================================
 
   ``<name>`` is the photo's file name without its extension (made unique with ``-2``, ``-3``, ...,
-  and limited to letters, digits, ``.``, ``_`` and ``-``).
+  and limited to letters, digits, ``.``, ``_`` and ``-``); ``<class>`` the class's name before its
+  synonyms (`class_slug`: ``coffee-maker``), followed by ``-<id>`` only where two ranked classes would
+  share a file name.
 
 Photos are read with the segmenter's preprocessing (the paper's resize and centre crop to 256 px),
 and, when the generator makes another size, again at the generator's resolution for the inversion.
@@ -91,6 +93,7 @@ __all__ = [
     "PhotoRank",
     "OmissionReport",
     "find_class",
+    "ranking_file_names",
     "omissions_from_labels",
     "PhotoInversion",
     "invert_photos",
@@ -197,6 +200,20 @@ def class_slug(name: str) -> str:
     return re.sub(r"[^0-9a-z]+", "-", primary.lower()).strip("-") or "class"
 
 
+def ranking_file_names(class_names: Sequence[str], classes: Iterable[int]) -> dict[int, str]:
+    """The ranking CSV of each class to rank by: ``ranked_by_lost_<class>.csv``, with ``-<id>`` appended
+    only where two of them would share a name.
+
+    >>> ranking_file_names(["-", "person, individual", "coffee maker"], [1, 2])
+    {1: 'ranked_by_lost_person.csv', 2: 'ranked_by_lost_coffee-maker.csv'}
+    >>> ranking_file_names(["-", "T.V.", "t v"], [1, 2])
+    {1: 'ranked_by_lost_t-v-1.csv', 2: 'ranked_by_lost_t-v-2.csv'}
+    """
+    slugs = {c: class_slug(class_names[c]) for c in dict.fromkeys(classes)}
+    counts = {slug: list(slugs.values()).count(slug) for slug in slugs.values()}
+    return {c: f"ranked_by_lost_{slug}{f'-{c}' if counts[slug] > 1 else ''}.csv" for c, slug in slugs.items()}
+
+
 def find_class(class_names: Sequence[str], cls: int | str) -> int:
     """The index of a class given by index, full name, or first word (``"person"``); case-insensitive.
 
@@ -270,7 +287,7 @@ class OmissionReport:
         (``"astronaut.jpg"``), its stem (``"astronaut"``) or its output name (``"img_000-2"``)."""
         if isinstance(photo, (int, np.integer)) and not isinstance(photo, bool):
             if not 0 <= photo < self.n:
-                raise InputError(f"photo index {photo} is out of range: the report holds {self.n} photos")
+                raise InputError(f"photo index {photo} is out of range: the report holds {plural(self.n, 'photo')}")
             return int(photo)
         wanted = os.fspath(photo) if isinstance(photo, os.PathLike) else str(photo)
         if wanted in self.ids:
@@ -382,8 +399,8 @@ class OmissionReport:
         """The ``k`` classes lost most often, as an aligned text table."""
         rows = [r for r in self.classes() if r.photos_lost > 0][:k]
         if not rows:
-            return (f"no class lost {self.min_loss:g} or more percentage points in any of the "
-                    f"{self.n} photos")
+            return (f"no class lost {plural(self.min_loss, 'percentage point')} or more in "
+                    + ("the photo" if self.n == 1 else f"any of the {self.n} photos"))
         headers = ("#", "class", "lost in", "mean loss", "max loss", "real %", "recon %")
         body = [
             (str(i), r.name, f"{r.photos_lost}/{self.n}", f"{r.mean_loss_when_lost:.2f}",
@@ -396,8 +413,8 @@ class OmissionReport:
             return "  ".join(v.ljust(w) if c == 1 else v.rjust(w) for c, (v, w) in enumerate(zip(row, widths)))
 
         return "\n".join([
-            f"Classes lost most often ({self.n} photos; lost: at least {self.min_loss:g} percentage "
-            "points less in the reconstruction; losses in percentage points)",
+            f"Classes lost most often ({plural(self.n, 'photo')}; lost: at least "
+            f"{plural(self.min_loss, 'percentage point')} less in the reconstruction; losses in percentage points)",
             line(headers),
             "-" * len(line(headers)),
             *(line(row) for row in body),
@@ -758,7 +775,7 @@ class ReportOptions:
 
     ``min_loss``: percentage points from which a class counts as lost in a photo. ``legend_classes``:
     classes in each panel's legend (the top ones by pixel count over both segmentations).
-    ``rank_by``: classes to rank the photos by (``ranked_<class>-<id>.csv`` and a section of the page).
+    ``rank_by``: classes to rank the photos by (``ranked_by_lost_<class>.csv`` and a section of the page).
     ``contact_sheet_photos``: photos on the contact sheet (the first ones); ``columns``: its grid.
     """
 
@@ -816,6 +833,16 @@ def _link(path: str) -> str:
     return html.escape(quote(path), quote=True)
 
 
+def _signed(value: float, digits: int = 2) -> str:
+    """``+1.25`` / ``-0.50``, and ``0.00`` for a value that rounds to zero (never ``-0.00`` or ``+0.00``).
+
+    >>> _signed(1.254), _signed(-0.5), _signed(-0.001), _signed(0.0)
+    ('+1.25', '-0.50', '0.00', '0.00')
+    """
+    text = f"{value:+.{digits}f}"
+    return text[1:] if float(text) == 0 else text
+
+
 def html_page(
     report: OmissionReport,
     names: Sequence[str],
@@ -833,7 +860,7 @@ def html_page(
     settings that are not the paper's (`inversion_settings`), stated at the top of the page.
     """
     if len(names) != report.n:
-        raise InputError(f"got {len(names)} names for {report.n} photos")
+        raise InputError(f"got {plural(len(names), 'name')} for {plural(report.n, 'photo')}")
     rankings = dict(rankings or {})
     esc = html.escape
     anchor = {ident: f"photo-{name}" for ident, name in zip(report.ids, names)}
@@ -842,9 +869,9 @@ def html_page(
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        f"<p>{report.n} photos. Each photo was inverted through the generator; the photo and its "
+        f"<p>{plural(report.n, 'photo')}. Each photo was inverted through the generator; the photo and its "
         "reconstruction were segmented, and a class counts as <em>lost</em> in a photo when the "
-        f"reconstruction holds at least {report.min_loss:g} percentage points less of it. "
+        f"reconstruction holds at least {plural(report.min_loss, 'percentage point')} less of it. "
         "Losses are in percentage points of the image area.</p>",
         '<p>Tables: <a href="omissions.csv">omissions.csv</a> (per class), '
         '<a href="omissions_by_photo.csv">omissions_by_photo.csv</a> (per photo and class), '
@@ -872,7 +899,7 @@ def html_page(
             )
         parts.append("</table>")
     else:
-        parts.append(f"<p>No class was lost by {report.min_loss:g} percentage points or more.</p>")
+        parts.append(f"<p>No class was lost by {plural(report.min_loss, 'percentage point')} or more.</p>")
 
     for c, file_name in rankings.items():
         parts.append(f'<h2 id="ranking-{c}">Photos ranked by lost {esc(report.class_names[c])}</h2>')
@@ -881,7 +908,7 @@ def html_page(
             parts.append(
                 f'<li><a href="#{_link(anchor[rank.photo])}">{esc(names[report.ids.index(rank.photo)])}</a>: '
                 f"{rank.real:.2f}% in the photo, {rank.reconstruction:.2f}% in the reconstruction "
-                f"({rank.difference:+.2f})</li>"
+                f"({_signed(rank.difference)})</li>"
             )
         parts.append("</ol>")
 
@@ -1052,8 +1079,7 @@ def invert_folder(
     report.write_class_csv(files["class_csv"])
     report.write_photo_csv(files["photo_csv"], names)
     rankings: dict[int, str] = {}
-    for c in dict.fromkeys(rank_classes):
-        file_name = f"ranked_{class_slug(class_names[c])}-{c}.csv"
+    for c, file_name in ranking_file_names(class_names, rank_classes).items():
         report.write_ranking_csv(out / file_name, c, names)
         files[f"ranked_{c}"] = out / file_name
         rankings[c] = file_name

@@ -532,9 +532,9 @@ def train_encoder(
                         loss.backward()
                         optimizer.step()
                         losses.append(float(loss.detach()))
+                        # this step's loss, shown with the count it completes (not at the next redraw)
+                        bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
                         bar.update(1)
-                        if step % 20 == 0:
-                            bar.set_postfix(loss=f"{losses[-1]:.4f}")
                         history[name] = np.asarray(losses, dtype=np.float64)
                         if (step + 1) % config.checkpoint_every == 0 and step + 1 < schedule.steps:
                             save(stage_index, step + 1, optimizer)
