@@ -62,7 +62,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote
 
 import numpy as np
 import torch
@@ -72,6 +71,7 @@ from tqdm import tqdm
 
 from fsd._text import plural, warn
 from fsd._io import atomic_write_bytes, check_output_folder, prepare_output_folder
+from fsd._page import document, link as _link
 from fsd.errors import ImageReadError, InputError
 from fsd.generators import images_to_uint8, prepare_images
 from fsd.invert.inversion import (
@@ -818,21 +818,6 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
 
 
-_STYLE = """
-body { font-family: sans-serif; margin: 2em; color: #141414; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-td.name, th.name { text-align: left; }
-.photo { display: inline-block; vertical-align: top; margin: 0 1.5em 2em 0; max-width: 540px; }
-.photo img { max-width: 100%; }
-.id { color: #666; font-size: 85%; word-break: break-all; }
-"""
-
-
-def _link(path: str) -> str:
-    return html.escape(quote(path), quote=True)
-
-
 def _signed(value: float, digits: int = 2) -> str:
     """``+1.25`` / ``-0.50``, and ``0.00`` for a value that rounds to zero (never ``-0.00`` or ``+0.00``).
 
@@ -855,6 +840,8 @@ def html_page(
 ) -> str:
     """``index.html`` of an output folder: every link is relative to it (see `fsd.invert.omissions`).
 
+    Written by the package's one HTML writer (`fsd._page`), with the set report's look.
+
     ``names``: each photo's output name (``panels/<name>.png`` ...); ``rankings``: class index ->
     ranking CSV file name, for the classes to rank the photos by; ``differs_from_paper``: the
     settings that are not the paper's (`inversion_settings`), stated at the top of the page.
@@ -865,9 +852,6 @@ def html_page(
     esc = html.escape
     anchor = {ident: f"photo-{name}" for ident, name in zip(report.ids, names)}
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{esc(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
         f"<p>{plural(report.n, 'photo')}. Each photo was inverted through the generator; the photo and its "
         "reconstruction were segmented, and a class counts as <em>lost</em> in a photo when the "
@@ -926,8 +910,7 @@ def html_page(
             f'<p><a href="{_link(f"reconstructions/{name}.png")}">reconstruction</a> &middot; '
             f'<a href="{_link(f"encoder_only/{name}.png")}">encoder only</a></p></div>'
         )
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
+    return document(title, parts, script=False)
 
 
 FEATURE_NETWORKS = {
