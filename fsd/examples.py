@@ -40,7 +40,8 @@ def top_images(rows: Rows, class_index: int, m: int) -> list[int]:
     """Positions (in ``rows``) of the ``m`` images with the most pixels of ``class_index``, most first.
 
     Images without the class are never chosen, so fewer than ``m`` come back when fewer hold it. Ties
-    are broken by the image's index in its source, then by its identity.
+    are broken by the image's index in its source, then by its position in ``rows``. Vectorized: one
+    sort of the images holding the class, however many there are.
 
     >>> r = Rows.from_dense(np.array([[0, 4], [3, 1], [0, 4], [4, 0]]), [10, 11, 12, 13], "abcd")
     >>> top_images(r, 1, 2), top_images(r, 0, 5)
@@ -54,10 +55,8 @@ def top_images(rows: Rows, class_index: int, m: int) -> list[int]:
     if m == 0 or len(entries) == 0:
         return []
     images = rows.image_of_entry()[entries]
-    counts = rows.counts[entries]
-    ids = np.array(rows.ids, dtype=object)[images]
-    order = sorted(range(len(images)), key=lambda j: (-int(counts[j]), int(rows.index[images[j]]), ids[j]))
-    return [int(images[j]) for j in order[:m]]
+    order = np.lexsort((images, rows.index[images], -rows.counts[entries]))  # last key sorts first
+    return [int(i) for i in images[order[:m]]]
 
 
 def outline(mask: np.ndarray) -> np.ndarray:

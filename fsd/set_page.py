@@ -46,7 +46,7 @@ from .api import Comparison, FSDResult
 from .errors import FSDError, InputError
 from .generators import GeneratorSource
 from .examples import Example, overlay, read_examples, reopen, top_images
-from .palette import class_color, colorize, hex_color
+from .palette import colorize, hex_color, palette
 from .report import ClassReport, ClassRow, VerdictRule, class_report
 from .sources import MapSource, open_source
 from .stats import Stats, StatsMeta
@@ -164,7 +164,7 @@ class _Writer:
     def __init__(self, folder: Path, class_names: Sequence[str]):
         self.folder = folder
         self.class_names = tuple(class_names)
-        self.colors = np.array([class_color(c) for c in range(len(class_names))], dtype=np.uint8)
+        self.colors = palette(len(class_names))
         self.written: set[str] = set()
 
     def file(self, relative: str, data: bytes) -> str:
@@ -265,7 +265,7 @@ def _chosen(report: ClassReport, k: int) -> tuple[tuple[ClassRow, ...], tuple[Cl
 
 
 def _class_sections(report: ClassReport, base: _Side, other: _Side, writer: _Writer, anchors: dict[int, str],
-                    k: int, m: int, photo: bool) -> list[str]:
+                    k: int, chosen_images: dict[tuple[str, int], list[int]], photo: bool) -> list[str]:
     too_few, too_many = _chosen(report, k)
     parts = []
     for title, chosen, empty in (
@@ -279,7 +279,7 @@ def _class_sections(report: ClassReport, base: _Side, other: _Side, writer: _Wri
             parts.append(f'<section id="{esc(anchors[r.index])}"><h3>{esc(r.name)}</h3>')
             parts.append(f"<p>{esc(r.sentence())}. q = {r.q:.2g}.</p>" if r.q is not None else f"<p>{esc(r.sentence())}.</p>")
             for side in (base, other):
-                positions = top_images(side.stats.rows, r.index, m)
+                positions = chosen_images[side.key, r.index]
                 figures = [writer.example(side, p, r.index, anchors[r.index], photo) for p in positions]
                 figures = [f for f in figures if f]
                 what = f"{side.label.capitalize()} images with the most {r.name}"
@@ -293,11 +293,14 @@ def _class_sections(report: ClassReport, base: _Side, other: _Side, writer: _Wri
     return parts
 
 
-def _wanted(report: ClassReport, k: int, m: int, sides: tuple[_Side, _Side], want: dict[str, set[int]]) -> None:
+def _choose_images(report: ClassReport, k: int, m: int, sides: tuple[_Side, _Side],
+                   chosen: dict[tuple[str, int], list[int]]) -> None:
+    """The example images (row positions) of each class shown, per set: ``chosen[side key, class]``."""
     too_few, too_many = _chosen(report, k)
     for r in (*too_few, *too_many):
         for side in sides:
-            want.setdefault(side.key, set()).update(top_images(side.stats.rows, r.index, m))
+            if (side.key, r.index) not in chosen:
+                chosen[side.key, r.index] = top_images(side.stats.rows, r.index, m)
 
 
 def _figure(result: FSDResult, writer: _Writer, name: str, rule: VerdictRule, top_k: int = 30) -> str:
@@ -396,9 +399,12 @@ def write_html(
         anchors = [{c: f"{_slug(names[j])}-{a}" for c, a in enumerate(anchor_names)} for j in range(len(models))]
 
     # Which images to read again, per set: only the examples shown.
-    want: dict[str, set[int]] = {}
+    chosen: dict[tuple[str, int], list[int]] = {}
     for report, side in zip(reports, sides):
-        _wanted(report, classes, examples, (real, side), want)
+        _choose_images(report, classes, examples, (real, side), chosen)
+    want: dict[str, set[int]] = {}
+    for (key, _), positions in chosen.items():
+        want.setdefault(key, set()).update(positions)
     notes: list[str] = []
     if any(want.values()):
         try:
@@ -428,7 +434,7 @@ def write_html(
         body.append(f'<p class="score">{_score_line(result)}</p>')
         body.append(_settings(result, command))
         body.append(_figure(result, writer, "figure.svg", rule))
-        body += _class_sections(reports[0], real, sides[0], writer, anchors[0], classes, examples, photo)
+        body += _class_sections(reports[0], real, sides[0], writer, anchors[0], classes, chosen, photo)
         writer.file("classes.csv", _csv(reports[0]))
         body.append('<h2 id="classes">Every class</h2><p><a href="classes.csv">classes.csv</a></p>')
         body.append(_class_table(reports[0], anchors[0], "class-table"))
@@ -441,7 +447,7 @@ def write_html(
             body.append(f'<p class="score">{_score_line(m)}</p>')
             body.append(_figure(m, writer, f"figure-{slug}.svg", rule))
             body += [p.replace("<h2>", "<h3>").replace("</h2>", "</h3>") if p.startswith("<h2>") else p
-                     for p in _class_sections(report, real, side, writer, anchors[j], classes, examples, photo)]
+                     for p in _class_sections(report, real, side, writer, anchors[j], classes, chosen, photo)]
             writer.file(f"classes-{slug}.csv", _csv(report))
             body.append(f'<h3>Every class</h3><p><a href="{link(f"classes-{slug}.csv")}">classes-{esc(slug)}.csv</a></p>')
             body.append(_class_table(report, anchors[j], f"class-table-{slug}"))
