@@ -300,29 +300,30 @@ class ClassReport:
             "classes": self.to_records(),
         }
 
-    def to_csv(self, path: str | os.PathLike) -> None:
-        """Write every class to a CSV: label 0 first with an empty rank, then the object classes in
-        the current order ranked from 1. Undefined values are empty cells."""
-        path = Path(path)
+    def csv_text(self) -> str:
+        """Every class as CSV text (`CSV_COLUMNS`): label 0 first with an empty rank, then the object
+        classes in the current order ranked from 1. Undefined values are empty cells."""
 
         def cell(value) -> str:
             return "" if value is None else (repr(value) if isinstance(value, float) else str(value))
 
-        def write(fh) -> None:
-            text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
-            writer = csv.writer(text)
-            writer.writerow(CSV_COLUMNS)
-            for rank, row in [("", self.no_prediction), *enumerate(self.rows, start=1)]:
-                low, high = row.difference_ci if row.difference_ci is not None else (None, None)
-                writer.writerow([rank, row.index, row.name, cell(row.real), cell(row.fake), cell(row.abs_change),
-                                 cell(row.rel_change), cell(row.mean_term_share), cell(low), cell(high),
-                                 cell(row.p), cell(row.q), cell(row.prevalence_real), cell(row.prevalence_fake),
-                                 cell(row.verdict)])
-            text.flush()
-            text.detach()
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(CSV_COLUMNS)
+        for rank, row in [("", self.no_prediction), *enumerate(self.rows, start=1)]:
+            low, high = row.difference_ci if row.difference_ci is not None else (None, None)
+            writer.writerow([rank, row.index, row.name, cell(row.real), cell(row.fake), cell(row.abs_change),
+                             cell(row.rel_change), cell(row.mean_term_share), cell(low), cell(high),
+                             cell(row.p), cell(row.q), cell(row.prevalence_real), cell(row.prevalence_fake),
+                             cell(row.verdict)])
+        return text.getvalue()
 
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """Write `csv_text` to ``path`` (atomically)."""
+        path = Path(path)
+        data = self.csv_text().encode("utf-8")
         try:
-            atomic_write(path, write)
+            atomic_write(path, lambda handle: handle.write(data))
         except OSError as exc:
             raise InputError(f"cannot write the class report CSV {path}: {exc}") from exc
 
@@ -517,7 +518,10 @@ def plot_omissions(
     real_low, real_high = (v[index] for v in mean_interval(real, level))
     fake_low, fake_high = (v[index] for v in mean_interval(fake, level))
 
-    fig = Figure(figsize=(max(6.0, 0.3 * len(shown) + 2.0), 6.0), layout="constrained")
+    width = max(6.0, 0.3 * len(shown) + 2.0)
+    if len(title) > 10 * width:  # about 10 characters of the title's font per inch: break before the terms
+        title = title.replace(" (mean term", "\n(mean term", 1)
+    fig = Figure(figsize=(width, 6.0), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 2)})
 
     top.bar(x, real_values, width=0.8, color="tab:blue", label=f"{labels[0]} (n={real.n})")

@@ -25,7 +25,6 @@ class counts differ from the statistics (another machine, thread count or change
 
 from __future__ import annotations
 
-import csv
 import io
 import re
 import shlex
@@ -319,17 +318,6 @@ def _figure(result: FSDResult, writer: _Writer, name: str, rule: VerdictRule, to
             'real classes in both sets, and their relative change"></a></p>')
 
 
-def _csv(report: ClassReport) -> bytes:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    records = report.to_records()
-    writer.writerow(list(records[0]) if records else [])
-    for rec in records:
-        writer.writerow([("" if v is None else ";".join(map(str, v)) if isinstance(v, list) else v)
-                         for v in rec.values()])
-    return out.getvalue().encode("utf-8")
-
-
 def _settings(result: FSDResult, command: str) -> str:
     meta = result.real.meta
     items = [("real set", f"{result.real.meta.source or 'not recorded'} ({plural(result.real.n, 'image')})"),
@@ -435,7 +423,7 @@ def write_html(
         body.append(_settings(result, command))
         body.append(_figure(result, writer, "figure.svg", rule))
         body += _class_sections(reports[0], real, sides[0], writer, anchors[0], classes, chosen, photo)
-        writer.file("classes.csv", _csv(reports[0]))
+        writer.file("classes.csv", reports[0].csv_text().encode("utf-8"))
         body.append('<h2 id="classes">Every class</h2><p><a href="classes.csv">classes.csv</a></p>')
         body.append(_class_table(reports[0], anchors[0], "class-table"))
     else:
@@ -448,7 +436,7 @@ def write_html(
             body.append(_figure(m, writer, f"figure-{slug}.svg", rule))
             body += [p.replace("<h2>", "<h3>").replace("</h2>", "</h3>") if p.startswith("<h2>") else p
                      for p in _class_sections(report, real, side, writer, anchors[j], classes, chosen, photo)]
-            writer.file(f"classes-{slug}.csv", _csv(report))
+            writer.file(f"classes-{slug}.csv", report.csv_text().encode("utf-8"))
             body.append(f'<h3>Every class</h3><p><a href="{link(f"classes-{slug}.csv")}">classes-{esc(slug)}.csv</a></p>')
             body.append(_class_table(report, anchors[j], f"class-table-{slug}"))
     page = document("FSD report", body)

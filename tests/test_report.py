@@ -3,6 +3,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -369,3 +370,20 @@ def test_missing_matplotlib_says_how_to_install(fig_pair, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install 'pytorch-fsd\[plot\]'"):
         plot_omissions(*fig_pair)
 
+
+
+def test_a_long_title_fits_inside_a_narrow_figure(fig_pair):
+    """The title of a run with an interval is too long for a figure of a few classes in one line: it
+    breaks before the terms, and every line of it lies inside the figure once drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    real, fake = fig_pair
+    result = SimpleNamespace(real=real, fake=fake, fsd=241.0659, fsd_ci=(207.8636, 270.7392), ci_level=0.95, mean_term=225.7276,
+                             covariance_term=15.3383)
+    fig = plot_omissions(result)
+    title = fig.axes[0].title
+    assert title.get_text() == "FSD 241.07, 95% CI 207.86 to 270.74\n(mean term 225.73, covariance term 15.34)"
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    box, frame = title.get_window_extent(canvas.get_renderer()), fig.bbox
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1

@@ -71,7 +71,7 @@ from tqdm import tqdm
 
 from fsd._text import plural, warn
 from fsd._io import atomic_write_bytes, check_output_folder, prepare_output_folder
-from fsd._page import document, link as _link
+from fsd._page import Cell, document, link as _link, table
 from fsd.errors import ImageReadError, InputError
 from fsd.generators import images_to_uint8, prepare_images
 from fsd.invert.inversion import (
@@ -868,20 +868,21 @@ def html_page(
     parts.append("<h2>Classes lost most often</h2>")
     rows = [r for r in report.classes() if r.photos_lost > 0][:table_rows]
     if rows:
-        parts.append(
-            '<table><tr><th>#</th><th class="name">class</th><th>lost in</th><th>mean loss</th>'
-            "<th>max loss</th><th>photo %</th><th>reconstruction %</th></tr>"
-        )
+        headers = ["#", Cell("class", css="name"), "lost in", "mean loss", "max loss", "photo %",
+                   "reconstruction %"]
+        cells = []
         for rank, row in enumerate(rows, start=1):
             name = esc(row.name)
             if row.index in rankings:
                 name = f'<a href="#ranking-{row.index}">{name}</a>'
-            parts.append(
-                f'<tr><td>{rank}</td><td class="name">{name}</td><td>{row.photos_lost} / {report.n}</td>'
-                f"<td>{row.mean_loss_when_lost:.2f}</td><td>{row.max_loss:.2f}</td>"
-                f"<td>{row.mean_real:.2f}</td><td>{row.mean_reconstruction:.2f}</td></tr>"
-            )
-        parts.append("</table>")
+            cells.append([
+                Cell(str(rank), rank), Cell(name, row.name.lower(), css="name"),
+                Cell(f"{row.photos_lost} / {report.n}", row.photos_lost),
+                Cell.number(row.mean_loss_when_lost, "{:.2f}"), Cell.number(row.max_loss, "{:.2f}"),
+                Cell.number(row.mean_real, "{:.2f}"), Cell.number(row.mean_reconstruction, "{:.2f}"),
+            ])
+        parts.append("<p>Click a column's header to sort by it.</p>")
+        parts.append(table(headers, cells, table_id="lost-classes", sortable=True))
     else:
         parts.append(f"<p>No class was lost by {plural(report.min_loss, 'percentage point')} or more.</p>")
 
@@ -910,7 +911,7 @@ def html_page(
             f'<p><a href="{_link(f"reconstructions/{name}.png")}">reconstruction</a> &middot; '
             f'<a href="{_link(f"encoder_only/{name}.png")}">encoder only</a></p></div>'
         )
-    return document(title, parts, script=False)
+    return document(title, parts)
 
 
 FEATURE_NETWORKS = {
