@@ -14,7 +14,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
-__all__ = ["esc", "link", "Cell", "table", "document", "STYLE", "SCRIPT"]
+__all__ = ["esc", "link", "Cell", "table", "document", "STYLE", "SCRIPT", "DEFAULT_CLASSES", "DEFAULT_EXAMPLES"]
+
+# The set report's defaults (`fsd.write_html`, ``--html-classes`` / ``--html-examples``): K classes
+# of each kind (too few, too many) shown with M real and M generated example images each.
+DEFAULT_CLASSES = 8
+DEFAULT_EXAMPLES = 6
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #141414; max-width: 1400px; }

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 import click
 
 from . import __version__
+from ._page import DEFAULT_CLASSES, DEFAULT_EXAMPLES
 from ._text import plural
 from .errors import FSDError, InputError
 from .weights_cli import weights_group
@@ -229,9 +230,9 @@ def _report_options(f):
 
 
 def _html_options(f):
-    f = click.option("--html-examples", type=click.IntRange(min=0), default=6, show_default=True,
+    f = click.option("--html-examples", type=click.IntRange(min=0), default=DEFAULT_EXAMPLES, show_default=True,
                      help="With --html: real and generated example images shown per class.")(f)
-    f = click.option("--html-classes", type=click.IntRange(min=0), default=8, show_default=True,
+    f = click.option("--html-classes", type=click.IntRange(min=0), default=DEFAULT_CLASSES, show_default=True,
                      help="With --html: significant omissions and excesses shown with example images.")(f)
     f = click.option("--html", "html_dir", type=click.Path(file_okay=False), metavar="DIR",
                      help="Write an offline HTML report into DIR: score, figure, the full class table, and example "
@@ -244,8 +245,12 @@ def _check_html(html_dir: str | None, overwrite: bool, html_classes: int, html_e
         from .set_page import check_html_folder
 
         check_html_folder(html_dir, overwrite)
-    elif html_classes != 8 or html_examples != 6:
-        raise click.UsageError("--html-classes and --html-examples apply with --html DIR")
+        return
+    context = click.get_current_context()
+    given = [f"--{name.replace('_', '-')}" for name in ("html_classes", "html_examples")
+             if context.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+    if given:
+        raise click.UsageError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} with --html DIR")
 
 
 def _write_html(result, html_dir: str, overwrite: bool, html_classes: int, html_examples: int, q_threshold: float,

@@ -39,7 +39,7 @@ from PIL import Image
 
 from . import __version__
 from ._io import atomic_write_bytes, check_output_folder
-from ._page import Cell, document, esc, link, table
+from ._page import DEFAULT_CLASSES, DEFAULT_EXAMPLES, Cell, document, esc, link, table
 from ._text import plural
 from .api import Comparison, FSDResult
 from .errors import FSDError, InputError
@@ -52,8 +52,6 @@ from .stats import Stats, StatsMeta
 
 __all__ = ["write_html", "check_html_folder", "DEFAULT_CLASSES", "DEFAULT_EXAMPLES", "segmenter_for"]
 
-DEFAULT_CLASSES = 8
-DEFAULT_EXAMPLES = 6
 
 
 def check_html_folder(folder, overwrite: bool = False, option: str = "--html") -> Path:

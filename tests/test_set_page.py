@@ -246,7 +246,9 @@ def test_cli_compute_report_and_compare_write_pages(tmp_path):
     assert 'id="a-class-5"' in page and len(examples_of(page, "real", "a-class-5")) == 6
     # Options that need --html say so.
     result = runner.invoke(cli, [str(moved), str(fake), *LABELMAP, "--html-classes", "3"])
-    assert result.exit_code == 2 and "apply with --html" in result.output
+    assert result.exit_code == 2 and "--html-classes applies with --html" in result.output
+    result = runner.invoke(cli, [str(moved), str(fake), *LABELMAP, "--html-classes", "8", "--html-examples", "6"])
+    assert result.exit_code == 2 and "--html-classes and --html-examples apply with --html" in result.output
 
 
 def test_statistics_without_rows_ask_for_a_recompute(real, segmenter, tmp_path):
