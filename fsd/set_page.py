@@ -316,10 +316,16 @@ def _figure(result: FSDResult, writer: _Writer, name: str, rule: VerdictRule, to
             'real classes in both sets, and their relative change"></a></p>')
 
 
-def _settings(result: FSDResult, command: str) -> str:
+def _settings(result: FSDResult, command: str, models: Sequence[tuple[str, FSDResult]] | None = None) -> str:
+    """The settings table; ``models``: (name, result) of each model of a comparison, one row each."""
     meta = result.real.meta
-    items = [("real set", f"{result.real.meta.source or 'not recorded'} ({plural(result.real.n, 'image')})"),
-             ("generated set", f"{result.fake.meta.source or 'not recorded'} ({plural(result.fake.n, 'image')})"),
+
+    def described(stats) -> str:
+        return f"{stats.meta.source or 'not recorded'} ({plural(stats.n, 'image')})"
+
+    generated = ([("generated set", described(result.fake))] if models is None
+                 else [(f"model {name}", described(m.fake)) for name, m in models])
+    items = [("real set", described(result.real)), *generated,
              ("segmenter", f"{meta.segmenter}, weights {meta.weights}"),
              ("preprocessing", meta.preprocessing),
              ("statistics computed with", "; ".join(result.real.environment) or "not recorded"),
@@ -327,7 +333,7 @@ def _settings(result: FSDResult, command: str) -> str:
              ("command", command)]
     if result.bootstrap is not None:
         b = result.bootstrap
-        items.insert(4, ("intervals", f"{b.method} bootstrap, {b.samples} replicates, seed {b.seed}"))
+        items.insert(len(generated) + 3, ("intervals", f"{b.method} bootstrap, {b.samples} replicates, seed {b.seed}"))
     return "<table>" + "".join(f'<tr><th class="name">{esc(k)}</th><td class="name">{esc(v)}</td></tr>'
                                for k, v in items) + "</table>"
 
@@ -426,7 +432,7 @@ def write_html(
         body.append(_class_table(reports[0], anchors[0], "class-table"))
     else:
         body.append(_comparison_tables(comparison))
-        body.append(_settings(first, command))
+        body.append(_settings(first, command, list(zip(names, models))))
         for j, (m, side, report) in enumerate(zip(models, sides, reports)):
             slug = _slug(names[j])
             body.append(f'<h2 id="model-{esc(slug)}">Model {esc(names[j])}</h2>')

@@ -243,6 +243,8 @@ def test_cli_compute_report_and_compare_write_pages(tmp_path):
     assert result.exit_code == 0, result.output
     page = (tmp_path / "p5" / "index.html").read_text()
     assert 'id="model-a"' in page and 'id="model-b"' in page and 'id="pairs"' in page
+    for name, folder in (("A", fake), ("B", moved)):  # the settings name each model's own set
+        assert f'<th class="name">model {name}</th><td class="name">{folder} (12 images)</td>' in page
     assert 'id="a-class-5"' in page and len(examples_of(page, "real", "a-class-5")) == 6
     # Options that need --html say so.
     result = runner.invoke(cli, [str(moved), str(fake), *LABELMAP, "--html-classes", "3"])
