@@ -61,7 +61,7 @@ def exact_outer_sum(dense: np.ndarray, weights: np.ndarray | None = None) -> np.
             total += int(weights[start]) * np.outer(row, row)
             start = stop
             continue
-        block = dense[start:stop].astype(np.float64)
+        block = dense[start:stop].astype(np.float64, copy=False)  # read only: a float64 input is not copied
         if weights is None:
             product = block.T @ block
         else:
@@ -69,6 +69,22 @@ def exact_outer_sum(dense: np.ndarray, weights: np.ndarray | None = None) -> np.
         total += product.astype(np.int64)
         start = stop
     return total
+
+
+def exact_weighted_sum(dense: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``sum_i w_i x_i`` of non-negative integer rows ``dense`` (N, K) with non-negative integer ``weights``,
+    exactly, as int64 (K,).
+
+    One float64 (BLAS) product when the total, and so every partial sum, is at most 2**53; NumPy's int64
+    product, which has no BLAS (9x slower for 63,000 x 149 counts), only past that.
+    """
+    weights = np.asarray(weights)
+    n, k = dense.shape
+    if n == 0:
+        return np.zeros(k, dtype=np.int64)
+    if int(weights.sum()) * int(dense.max(initial=0)) <= EXACT_FLOAT_LIMIT:
+        return (weights.astype(np.float64) @ dense.astype(np.float64, copy=False)).astype(np.int64)
+    return weights.astype(np.int64) @ dense.astype(np.int64, copy=False)
 
 
 @dataclass(frozen=True)

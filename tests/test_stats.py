@@ -187,6 +187,21 @@ def test_exact_outer_sum_in_many_small_blocks_with_weights(monkeypatch):
     assert (rows_module.exact_outer_sum(dense, weights) == want_weighted).all()
 
 
+def test_exact_weighted_sum_in_float64_and_past_its_limit_in_int64():
+    from fsd.rows import exact_weighted_sum
+
+    rng = np.random.default_rng(4)
+    dense = random_counts(rng, 300)
+    weights = rng.integers(0, 4, size=300)
+    want = sum(int(w) * r.astype(object) for r, w in zip(dense, weights))
+    assert (exact_weighted_sum(dense, weights) == want).all()
+    assert (exact_weighted_sum(dense.astype(np.float64), weights) == want).all()
+    assert exact_weighted_sum(dense[:0], weights[:0]).tolist() == [0, 0, 0, 0]
+    # A total past 2**53, which float64 would round to 2**53: summed in int64 instead.
+    big = np.array([[2**52 + 1, 1], [2**52, 0]], dtype=np.int64)
+    assert exact_weighted_sum(big, np.array([1, 1])).tolist() == [2**53 + 1, 1]
+
+
 def test_update_and_merge_refuse_to_overflow_int64():
     from fsd.stats import max_images
 
