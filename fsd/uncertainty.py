@@ -27,7 +27,7 @@ from scipy import stats as scipy_stats
 
 from .errors import InputError
 from .frechet import FrechetDistance, frechet_distance
-from .rows import Rows, exact_outer_sum
+from .rows import Rows, exact_outer_sum, exact_weighted_sum
 from .stats import Stats, covariance_from_sums
 
 DEFAULT_SAMPLES = 1000
@@ -120,7 +120,8 @@ def content_digest(rows: Rows) -> list[int]:
 
 
 class _Sample:
-    """One set's rows, in content order, as a dense (N, K) count matrix over shared columns."""
+    """One set's rows, in content order, as a dense (N, K) count matrix over shared columns (float64, which
+    holds every count exactly, for BLAS products that `exact_outer_sum` keeps exact)."""
 
     def __init__(self, stats: Stats, columns: np.ndarray, what: str, name: str):
         rows = stats.require_rows(what, name)
@@ -128,12 +129,14 @@ class _Sample:
             raise InputError(f"{what} needs at least 2 images per set; {name or stats.meta.source} has {len(rows)}")
         self.order = rows.content_order()
         self.rows = rows
-        self.dense = rows.take(self.order).dense(columns)
+        self.dense = rows.take(self.order).dense(columns, dtype=np.float64)
         self.n = len(rows)
 
     def sums(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact weighted sums of the counts and of their outer products."""
-        return weights @ self.dense, exact_outer_sum(self.dense, weights)
+        """Exact weighted sums of the counts and of their outer products (int64)."""
+        drawn = np.flatnonzero(weights)  # a replicate leaves about 37% of the images out: they add nothing
+        dense, weights = self.dense[drawn], weights[drawn]
+        return exact_weighted_sum(dense, weights), exact_outer_sum(dense, weights)
 
 
 def resample_weights(rng: np.random.Generator, n: int) -> np.ndarray:

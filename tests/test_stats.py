@@ -187,6 +187,38 @@ def test_exact_outer_sum_in_many_small_blocks_with_weights(monkeypatch):
     assert (rows_module.exact_outer_sum(dense, weights) == want_weighted).all()
 
 
+def test_rows_sums_a_few_rows_at_a_time_equal_the_streamed_sums(monkeypatch):
+    from fsd import rows as rows_module
+
+    rng = np.random.default_rng(5)
+    counts = random_counts(rng, 103, c=6)
+    counts[:, 5] += counts[:, 4]
+    counts[:, 4] = 0  # a class no image holds
+    stats = stats_of(counts, meta=StatsMeta(tuple("abcdef"), "demo", "w", "p", "0"))
+    monkeypatch.setattr(rows_module, "SUMS_BLOCK", 10)  # 11 blocks, the last of 3 rows
+    count_sum, outer = stats.rows.sums()
+    want = sum(np.outer(r, r).astype(object) for r in counts)
+    assert np.array_equal(count_sum, stats.count_sum) and (outer == want).all()
+    assert np.array_equal(outer, stats.count_outer_sum)
+    empty = rows_module.Rows.empty(6).sums()
+    assert not empty[0].any() and not empty[1].any()
+
+
+def test_exact_weighted_sum_in_float64_and_past_its_limit_in_int64():
+    from fsd.rows import exact_weighted_sum
+
+    rng = np.random.default_rng(4)
+    dense = random_counts(rng, 300)
+    weights = rng.integers(0, 4, size=300)
+    want = sum(int(w) * r.astype(object) for r, w in zip(dense, weights))
+    assert (exact_weighted_sum(dense, weights) == want).all()
+    assert (exact_weighted_sum(dense.astype(np.float64), weights) == want).all()
+    assert exact_weighted_sum(dense[:0], weights[:0]).tolist() == [0, 0, 0, 0]
+    # A total past 2**53, which float64 would round to 2**53: summed in int64 instead.
+    big = np.array([[2**52 + 1, 1], [2**52, 0]], dtype=np.int64)
+    assert exact_weighted_sum(big, np.array([1, 1])).tolist() == [2**53 + 1, 1]
+
+
 def test_update_and_merge_refuse_to_overflow_int64():
     from fsd.stats import max_images
 
