@@ -102,7 +102,7 @@ def main() -> None:
     result, boot_s = timed(lambda: fsd.distance(real, fake, bootstrap=args.bootstrap))
     inf, inf_s = timed(lambda: fsd.distance(real, fake, bootstrap=0, fsd_inf=True))
     _, report_s = timed(lambda: class_report(real, fake))
-    for what, seconds in ((f"FSD alone", plain_s), (f"bootstrap, {args.bootstrap} replicates", boot_s - plain_s),
+    for what, seconds in (("FSD alone", plain_s), (f"bootstrap, {args.bootstrap} replicates", boot_s - plain_s),
                           ("FSD_inf (15 subsets)", inf_s - plain_s), ("per-class report", report_s)):
         print(f"  {what}: {seconds:.2f} s ({seconds / segmentation_s * 100:.3f}% of the segmentation time)")
     print(f"  FSD {plain.fsd:.3f}, 95% CI {result.fsd_ci[0]:.3f} to {result.fsd_ci[1]:.3f}; FSD_inf {inf.fsd_inf:.3f} "

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -40,7 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import fsd  # noqa: E402
-from benchmarks.common import load_average, machine_description  # noqa: E402
+from benchmarks.common import PeakGrowth, load_average, machine_description  # noqa: E402
 
 CLASSES = 150  # "-" (label 0, unused here) and class_1 .. class_149
 MOST_PER_IMAGE = 8
@@ -106,40 +105,6 @@ def write_label_maps(workdir: Path, counts: list[int], size: int, seed: int) -> 
 
 
 # -- measuring -----------------------------------------------------------------------------------------
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-class PeakGrowth:
-    """``with PeakGrowth() as peak: ...``; then ``peak.mb``: how far the resident set rose above its size
-    at the start (Linux: the reset ``VmHWM``; elsewhere ``ru_maxrss``, which may hide small steps)."""
-
-    method = "VmHWM"
-
-    def __enter__(self) -> PeakGrowth:
-        self.before = _status_mb("VmRSS")
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # resets the peak to the current resident set
-        except OSError:
-            self.before = None
-        if self.before is None:
-            PeakGrowth.method = "ru_maxrss"
-            self.before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return self
-
-    def __exit__(self, *exc) -> None:
-        peak = _status_mb("VmHWM") if self.method == "VmHWM" else None
-        if peak is None:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        self.mb = max(0.0, peak - self.before)
-
-
 def timed(action):
     start = time.perf_counter()
     value = action()

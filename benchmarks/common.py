@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -115,6 +116,40 @@ def time_it(run: Callable[[], object], items: int, repeats: int, device: torch.d
         synchronize(device)
         seconds.append(time.perf_counter() - start)
     return Timing(tuple(seconds), items)
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class PeakGrowth:
+    """``with PeakGrowth() as peak: ...``; then ``peak.mb``: how far the resident set rose above its size
+    at the start (Linux: the reset ``VmHWM``; elsewhere ``ru_maxrss``, which may hide small steps)."""
+
+    method = "VmHWM"
+
+    def __enter__(self) -> PeakGrowth:
+        self.before = _status_mb("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets the peak to the current resident set
+        except OSError:
+            self.before = None
+        if self.before is None:
+            PeakGrowth.method = "ru_maxrss"
+            self.before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return self
+
+    def __exit__(self, *exc) -> None:
+        peak = _status_mb("VmHWM") if self.method == "VmHWM" else None
+        if peak is None:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.mb = max(0.0, peak - self.before)
 
 
 def load_average() -> str:

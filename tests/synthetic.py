@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fsd.segmenters.upernet import HeadSizes, ResNet50DeepStem, UPerNetDecoder
+from fsd.segmenters.base import Preprocessing
+from fsd.segmenters.upernet import HeadSizes, ResNet50DeepStem, UPerNetDecoder, load_state_dict_checked
 
 UPP_DIRNAME = "upp-resnet50-upernet"
 ENCODER_FILE = "encoder_epoch_40.pth"
@@ -134,6 +135,24 @@ def synthetic_upp_state_dicts(seed: int = 0) -> tuple[dict[str, torch.Tensor], d
     """
     encoder, decoder = _state_dicts(seed)
     return dict(encoder), dict(decoder)
+
+
+def synthetic_upp_segmenter(size: int | None = None, seed: int = 0):
+    """The UPP segmenter (the exact architecture) with synthetic weights, on the CPU.
+
+    ``size`` replaces the paper's 256 x 256 input by ``size x size`` (the network is fully
+    convolutional), so that a few images take seconds.
+    """
+    from fsd.segmenters.upp import UPPSegmenter  # the segmenter module imports torchvision
+
+    encoder_sd, decoder_sd = synthetic_upp_state_dicts(seed)
+    encoder, decoder = ResNet50DeepStem(), UPerNetDecoder()
+    load_state_dict_checked(encoder, encoder_sd, "encoder")
+    load_state_dict_checked(decoder, decoder_sd, "decoder")
+    seg = UPPSegmenter(encoder, decoder, synthetic_labels(), device="cpu", weights_id=f"synthetic/{seed}")
+    if size is not None:
+        seg.preprocessing = Preprocessing("rgb", size, "bilinear")
+    return seg
 
 
 def official_layout(state_dict: dict[str, torch.Tensor], syncbn_buffers: bool, num_batches_tracked: bool) -> dict:

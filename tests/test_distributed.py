@@ -28,6 +28,7 @@ from fsd.distributed import RankInputFailed, World
 from fsd.errors import ImageReadError
 from tests.conftest import ColorSegmenter, random_photo, write_folder
 from tests.test_generators import ToyGenerator
+from tests.synthetic import synthetic_upp_segmenter
 from tests.test_metric import float_images
 
 WORLD = 2
@@ -136,6 +137,20 @@ def _checks(rank: int, data: Path) -> None:
         assert rank == 0 and exc.rank == 1 and "b_bad.png" in str(exc)
     else:
         raise AssertionError("the bad image went unnoticed")
+
+    # 7. The paper's architecture (UPP, synthetic weights, 64 x 64 input): the same integer sums and
+    #    rows from 2 processes as from one, at one thread each (float32 rounding follows the thread
+    #    count) and with different batch sizes on the two sides.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        upp = synthetic_upp_segmenter(64)
+        shared = fsd.compute_stats(real, segmenter=upp, batch_size=3, **run)
+        alone = fsd.compute_stats(real, segmenter=upp, distributed=False, batch_size=13, **run)
+        _same(shared, alone)
+        assert len(np.unique(alone.rows.classes)) > 2  # the label maps are not one class everywhere
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_two_gloo_processes_equal_one(tmp_path):

@@ -13,11 +13,9 @@ import torch
 
 import fsd
 from fsd.segmenters import upp
-from fsd.segmenters.base import Preprocessing
-from fsd.segmenters.upernet import ResNet50DeepStem, UPerNetDecoder, load_state_dict_checked
 from fsd.segmenters.upp import UPPSegmenter, deterministic_algorithms
 from tests.conftest import write_folder
-from tests.synthetic import synthetic_labels, synthetic_upp_state_dicts
+from tests.synthetic import synthetic_upp_segmenter
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,13 +24,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def segmenter() -> UPPSegmenter:
-    encoder_sd, decoder_sd = synthetic_upp_state_dicts(seed=0)
-    encoder, decoder = ResNet50DeepStem(), UPerNetDecoder()
-    load_state_dict_checked(encoder, encoder_sd, "encoder")
-    load_state_dict_checked(decoder, decoder_sd, "decoder")
-    seg = UPPSegmenter(encoder, decoder, synthetic_labels(), device="cpu", weights_id="synthetic/0")
-    seg.preprocessing = Preprocessing("rgb", SIZE, "bilinear")  # small images, same architecture
-    return seg
+    return synthetic_upp_segmenter(SIZE)  # small images, same architecture
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from fsd.cli import cli
 from fsd.errors import IncompatibleStatsError, InputError
 from fsd.segmenters.upp import UPPSegmenter
 from fsd.stats import Stats
-from tests.conftest import write_folder
+from tests.conftest import ColorSegmenter, write_folder
 from tests.synthetic import write_upp_weights
 
 CLASSES = 6
@@ -87,8 +87,6 @@ def test_shards_of_a_zip_and_of_a_generator(label_folder, tmp_path):
         def forward(self, z):
             return torch.tanh(z[:, :3, None, None].expand(-1, 3, 16, 16) * 3)
 
-    rgb = fsd.segmenters.labelmap.LabelMapSegmenter  # noqa: F841  (kept for readers: labelmap reads labels)
-    from tests.conftest import ColorSegmenter
 
     one = fsd.compute_stats(generator=G(), num_samples=11, seed=4, segmenter=ColorSegmenter(), progress=False)
     parts = [fsd.compute_stats(generator=G(), num_samples=11, seed=4, segmenter=ColorSegmenter(), progress=False,

@@ -198,3 +198,19 @@ def test_the_command_line_takes_a_brace_pattern(shards, tmp_path, monkeypatch, s
     assert fsd.Stats.load(out).meta.source == f"{pattern(shards)} (3 shards)"
     refused = CliRunner().invoke(cli, ["--save-stats", pattern(shards), str(tmp_path / "t.npz"), "--follow-links"])
     assert refused.exit_code == 2 and "--follow-links does not apply to the tar shards" in refused.stderr
+
+
+@pytest.mark.parametrize("subset", [None, 8], ids=["whole", "subset of 8"])
+def test_shards_of_tar_shards_merged_equal_one_run(shards, segmenter, subset):
+    """An array job over a brace list of tar shards: K shards of the run, merged, equal one run exactly,
+    sums and per-image rows, with and without the paper's subset."""
+    options = dict(num_samples=subset, seed=5) if subset else {}
+    one = stats_of(pattern(shards), segmenter, **options)
+    parts = [stats_of(pattern(shards), segmenter, shard=(i, 4), num_workers=2 if i == 1 else 0, batch_size=3,
+                      **options) for i in range(4)]
+    assert sum(part.n for part in parts) == one.n == (subset or SHARDS * PER_SHARD)
+    merged = fsd.merge_stats(parts)
+    assert_same_sums(merged, one)
+    assert merged.rows.ids == one.rows.ids and np.array_equal(merged.rows.dense(), one.rows.dense())
+    with pytest.raises(InputError, match=r"1 shard of .*train-\{000\.\.002\}\.tar.* missing \(3/4\)"):
+        fsd.merge_stats(parts[:3])

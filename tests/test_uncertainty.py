@@ -16,7 +16,7 @@ import fsd
 from fsd import uncertainty as U
 from fsd.cli import cli
 from fsd.errors import InputError
-from fsd.report import VerdictRule, class_report
+from fsd.report import class_report
 from fsd.segmenters.labelmap import LabelMapSegmenter
 from fsd.stats import Stats, StatsMeta
 from tests.synthetic_scenes import SceneModel
