@@ -270,8 +270,9 @@ def test_skip_bad_images_skips_and_reports_every_one(tmp_path):
                                       progress=False, skip_bad_images=True)
     assert stats.n == 3
     assert sorted(os.path.basename(p) for p, _ in stats.skipped) == sorted(expected)
-    message = str(record[0].message)
-    assert all(name in message for name in expected)
+    # the skip warning itself (Python 3.12+ adds a DeprecationWarning about fork in a threaded process)
+    messages = [str(w.message) for w in record if "unreadable" in str(w.message)]
+    assert len(messages) == 1 and all(name in messages[0] for name in expected)
 
 
 # -- folders ---------------------------------------------------------------------------------------------
