@@ -286,8 +286,12 @@ def test_load_generator_specs(tmp_path):
     assert load_generator(f"{script}:plain").__name__ == "plain"  # a function of the latents is the generator
     z = torch.randn(3, 4)
     exported = tmp_path / "g.pt2"
-    batch = torch.export.Dim("batch", min=1)
-    torch.export.save(torch.export.export(built, (torch.randn(2, 4),), dynamic_shapes=({0: batch},)), exported)
+    example = torch.randn(2, 4)
+    if hasattr(torch.export, "Dim"):
+        program = torch.export.export(built, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    else:  # torch 2.1 says it with constraints
+        program = torch.export.export(built, (example,), constraints=[torch.export.dynamic_dim(example, 0) >= 1])
+    torch.export.save(program, exported)
     assert torch.equal(load_generator(str(exported))(z), built(z))
     scripted = tmp_path / "g.pt"
     with warnings.catch_warnings():  # TorchScript is deprecated in recent PyTorch, still widely used

@@ -313,7 +313,7 @@ def _calling(what: str, call: Callable[[], object]) -> object:
     """``call()``, its failure an `InputError` that says which part failed (out of memory stays itself)."""
     try:
         return call()
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:  # torch.OutOfMemoryError from 2.5 on; this name in 2.1 too
         raise
     except InputError as error:
         raise InputError(f"{what}: {error}") from error

@@ -92,9 +92,11 @@ def _to_uint8(image: np.ndarray, value_range) -> np.ndarray:
     """One image's values -> uint8 by the one quantization rule."""
     if image.dtype == np.uint8:
         return image
-    values = torch.from_numpy(np.array(image))  # a copy: memory-mapped files are read-only
-    if not values.dtype.is_floating_point:
-        values = values.double()
+    if np.issubdtype(image.dtype, np.integer):
+        # float64 in numpy: torch before 2.3 has no uint16, uint32 or uint64 tensors
+        values = torch.from_numpy(image.astype(np.float64))
+    else:
+        values = torch.from_numpy(np.array(image))  # a copy: memory-mapped files are read-only
     return quantize(values, value_range).numpy()
 
 
