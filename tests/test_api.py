@@ -1,4 +1,9 @@
+import os
 import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +12,7 @@ from PIL import Image
 import fsd
 from fsd.errors import ImageReadError, IncompatibleStatsError, InputError
 from fsd.segmenters.labelmap import LabelMapSegmenter
+from tests.conftest import stats_of, write_label_folder
 
 
 def test_compute_gives_score_terms_and_stats(image_folders, color_segmenter):
@@ -43,6 +49,41 @@ def test_independent_of_batch_size_workers_and_order(tmp_path, image_folders, co
     reordered = fsd.compute_stats(shuffled, segmenter=color_segmenter, batch_size=7, num_workers=1, progress=False)
     for s in (other, reordered):
         assert np.array_equal(s.mu, base.mu) and np.array_equal(s.sigma, base.sigma)
+
+
+_START_METHOD_RUN = """
+import multiprocessing
+import sys
+
+import fsd
+from fsd.segmenters.labelmap import LabelMapSegmenter
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1])
+    for source in sys.argv[2:]:
+        s = fsd.compute_stats(source, segmenter=LabelMapSegmenter(4), num_workers=2, batch_size=2, progress=False)
+        print(multiprocessing.get_start_method(), s.n, s.count_sum.tolist(), s.count_outer_sum.tolist())
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_loader_workers_started_by_spawn_or_forkserver_read_the_same_images(tmp_path, method):
+    """macOS starts processes by spawn, Python 3.14 on Linux by forkserver: the workers then get the
+    sources pickled instead of forked, folders and tar shards alike."""
+    folder = write_label_folder(tmp_path / "labels", 7, 4, seed=5)
+    shard = tmp_path / "labels.tar"
+    with tarfile.open(shard, "w") as tar:
+        for path in sorted(folder.iterdir()):
+            tar.add(path, f"s{path.stem}.png")
+    script = tmp_path / "run.py"
+    script.write_text(_START_METHOD_RUN)
+    repo = str(Path(__file__).resolve().parents[1])
+    result = subprocess.run([sys.executable, str(script), method, str(folder), str(shard)], capture_output=True,
+                            text=True, timeout=180, cwd=tmp_path, env={**os.environ, "PYTHONPATH": repo})
+    assert result.returncode == 0, result.stderr
+    expected = [stats_of(source, LabelMapSegmenter(4)) for source in (folder, shard)]
+    assert result.stdout.splitlines() == [f"{method} {e.n} {e.count_sum.tolist()} {e.count_outer_sum.tolist()}"
+                                          for e in expected]
 
 
 def test_subset_uses_the_papers_rule(image_folders, color_segmenter):
