@@ -30,7 +30,6 @@ import argparse
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,35 +84,19 @@ def yes_no(value: bool) -> str:
 
 
 # -- images ------------------------------------------------------------------------------------------------
-def _write_one(job: tuple[Path, int, int]) -> None:
-    folder, seed, i = job
-    rng = np.random.default_rng((seed, i))  # each image from its own seed: any count is a prefix
-    width, height = common.LSUN_LIKE_SIZES[i % len(common.LSUN_LIKE_SIZES)]
-    common.photo_like(rng, width, height).save(folder / f"img_{i:05d}.jpg", quality=85)
-
-
 def jpeg_folder(workdir: Path, count: int, seed: int = 3) -> Path:
-    """A folder of ``count`` LSUN-sized photo-like JPEGs (kept between runs), written by all cores."""
-    folder = workdir / f"jpeg-{seed}-{count}"
-    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == count:
-        return folder
-    partial = workdir / f"jpeg-{seed}-{count}.part"
-    partial.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    jobs = [(partial, seed, i) for i in range(count)]
-    if count > 64:
-        with ProcessPoolExecutor() as pool:
-            list(pool.map(_write_one, jobs, chunksize=32))
-    else:
-        for job in jobs:
-            _write_one(job)
-    if folder.exists():
-        for old in folder.iterdir():
-            old.unlink()
-        folder.rmdir()
-    partial.rename(folder)
-    say(f"  wrote {count} JPEGs in {time.perf_counter() - start:.1f} s")
-    return folder
+    """A folder of ``count`` LSUN-sized photo-like JPEGs, kept between runs (`common.write_jpeg_folder`)."""
+    return common.write_jpeg_folder(workdir / f"jpeg-{seed}-{count}", count, seed=seed)
+
+
+def large_folder(workdir: Path, sizes: Sizes) -> Path:
+    """The JPEGs the decode and memory sections take their subsets from."""
+    return jpeg_folder(workdir, max(sizes.decode_images, *sizes.memory_counts))
+
+
+def fsd_micro_batch(device: torch.device) -> int:
+    """The micro-batch fsd runs the network on, on ``device``."""
+    return upp.MICRO_BATCH.get(device.type, upp.ACCELERATOR_MICRO_BATCH)
 
 
 def subset_folder(folder: Path, count: int) -> Path:
@@ -167,22 +150,6 @@ def rate(timing: common.Timing) -> str:
 
 
 @contextmanager
-def autotuned() -> Iterator[None]:
-    """cuDNN autotuning on and deterministic algorithms off (PyTorch's usual fast setting), in place of
-    fsd's `deterministic_algorithms`; the global flags restored after."""
-    cudnn = torch.backends.cudnn
-    saved = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled())
-    try:
-        cudnn.benchmark, cudnn.deterministic = True, False
-        torch.use_deterministic_algorithms(False)
-        yield
-    finally:
-        cudnn.benchmark, cudnn.deterministic = saved[0], saved[1]
-        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
-
-
-@contextmanager
 def micro_batch_set(device: torch.device, size: int) -> Iterator[None]:
     """The network on micro-batches of ``size`` images on ``device`` (benchmark only; fsd's own is fixed)."""
     saved = upp.MICRO_BATCH.get(device.type)
@@ -213,7 +180,7 @@ def section_machine(device: torch.device, sizes: Sizes, workdir: Path) -> None:
     for line in common.machine_description(device).splitlines():
         print(f"- {line}")
     print(f"- default loader workers: {default_num_workers()}")
-    print(f"- micro-batch the network runs on here: {upp.MICRO_BATCH.get(device.type, upp.ACCELERATOR_MICRO_BATCH)}")
+    print(f"- micro-batch the network runs on here: {fsd_micro_batch(device)}")
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         print(f"- GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, {props.multi_processor_count} "
@@ -241,7 +208,7 @@ def section_throughput(device: torch.device, sizes: Sizes, workdir: Path) -> Non
         rows.append([precision, *rates, agreement])
     print(f"## Throughput: `segment`, images/s ({len(images)} preprocessed images on the device, median of "
           f"{sizes.repeats}; the network on micro-batches of each size, fsd's own being "
-          f"{upp.MICRO_BATCH.get(device.type, upp.ACCELERATOR_MICRO_BATCH)})\n")
+          f"{fsd_micro_batch(device)})\n")
     print(table(["precision", *[f"micro-batch {b}" for b in sizes.throughput_batches],
                  f"pixels labelled as float32 ({len(check)} images)"], rows))
 
@@ -303,7 +270,7 @@ def section_determinism(device: torch.device, sizes: Sizes, workdir: Path) -> No
                              device)
     reference = segment_in_batches(segmenter, images, batch_size).cpu()
     say("  determinism: autotuned")
-    with numerics_replaced(autotuned):
+    with numerics_replaced(lambda: upp.algorithm_choice(autotune=True, deterministic=False)):
         fast = common.time_it(lambda: segment_in_batches(segmenter, images, batch_size), len(images), sizes.repeats,
                               device)
         fast_labels = segment_in_batches(segmenter, images, batch_size).cpu()
@@ -319,7 +286,7 @@ def section_determinism(device: torch.device, sizes: Sizes, workdir: Path) -> No
 
 
 def section_decode(device: torch.device, sizes: Sizes, workdir: Path) -> None:
-    folder = jpeg_folder(workdir, max(sizes.decode_images, max(sizes.memory_counts)))
+    folder = large_folder(workdir, sizes)
     decode_folder = subset_folder(folder, sizes.decode_images)
     workers = default_num_workers()
     source = FolderSource(decode_folder)
@@ -355,7 +322,7 @@ def section_decode(device: torch.device, sizes: Sizes, workdir: Path) -> None:
 
 
 def section_memory(device: torch.device, sizes: Sizes, workdir: Path) -> None:
-    folder = jpeg_folder(workdir, max(sizes.decode_images, max(sizes.memory_counts)))
+    folder = large_folder(workdir, sizes)
     segmenter = common.build_segmenter(device)
     workers = default_num_workers()
     fsd.compute_stats(str(subset_folder(folder, sizes.memory_counts[0])), segmenter=segmenter,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,9 +29,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fsd.segmenters.upernet import ResNet50DeepStem, UPerNetDecoder, load_state_dict_checked  # noqa: E402
 from fsd.segmenters.upp import UPPSegmenter  # noqa: E402
-from tests.synthetic import synthetic_labels, synthetic_upp_state_dicts  # noqa: E402
+from tests.synthetic import synthetic_upp_segmenter  # noqa: E402
 
 # LSUN church/bedroom images are stored with the shorter side 256; the long side varies.
 LSUN_LIKE_SIZES = ((341, 256), (256, 341), (384, 256), (256, 256), (455, 256), (256, 320))
@@ -43,12 +43,7 @@ def build_segmenter(device: str | torch.device, precision: str = "float32", seed
     if weights_dir is not None:
         return UPPSegmenter.from_pretrained(weights_dir=weights_dir, device=device, progress=False,
                                             precision=precision)  # type: ignore[arg-type]
-    encoder_sd, decoder_sd = synthetic_upp_state_dicts(seed)
-    encoder, decoder = ResNet50DeepStem(), UPerNetDecoder()
-    load_state_dict_checked(encoder, encoder_sd, "synthetic encoder")
-    load_state_dict_checked(decoder, decoder_sd, "synthetic decoder")
-    return UPPSegmenter(encoder, decoder, synthetic_labels(), device=device,
-                        weights_id=f"synthetic/{seed}", precision=precision)  # type: ignore[arg-type]
+    return synthetic_upp_segmenter(seed=seed, device=device, precision=precision)
 
 
 def photo_like(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -60,14 +55,21 @@ def photo_like(rng: np.random.Generator, width: int, height: int) -> Image.Image
 
 
 def write_jpeg_folder(folder: Path, count: int, seed: int = 0, quality: int = 85) -> Path:
-    """``count`` JPEGs of LSUN-like sizes in ``folder`` (kept if already there with that many files)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    if len(list(folder.glob("*.jpg"))) == count:
+    """``count`` JPEGs of LSUN-like sizes in ``folder`` (kept if already there with that many files).
+
+    Written into ``<folder>.part`` and renamed when complete, so a run stopped midway (gpu.sh stops a
+    section at its time limit) never leaves a folder of the right count holding a truncated file."""
+    if folder.is_dir() and len(list(folder.glob("*.jpg"))) == count:
         return folder
+    partial = folder.with_name(folder.name + ".part")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
         width, height = LSUN_LIKE_SIZES[i % len(LSUN_LIKE_SIZES)]
-        photo_like(rng, width, height).save(folder / f"img_{i:05d}.jpg", quality=quality)
+        photo_like(rng, width, height).save(partial / f"img_{i:05d}.jpg", quality=quality)
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
     return folder
 
 

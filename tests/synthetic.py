@@ -137,8 +137,9 @@ def synthetic_upp_state_dicts(seed: int = 0) -> tuple[dict[str, torch.Tensor], d
     return dict(encoder), dict(decoder)
 
 
-def synthetic_upp_segmenter(size: int | None = None, seed: int = 0):
-    """The UPP segmenter (the exact architecture) with synthetic weights, on the CPU.
+def synthetic_upp_segmenter(size: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                            precision: str = "float32"):
+    """The UPP segmenter (the exact architecture) with synthetic weights (weights id ``synthetic/<seed>``).
 
     ``size`` replaces the paper's 256 x 256 input by ``size x size`` (the network is fully
     convolutional), so that a few images take seconds.
@@ -147,9 +148,10 @@ def synthetic_upp_segmenter(size: int | None = None, seed: int = 0):
 
     encoder_sd, decoder_sd = synthetic_upp_state_dicts(seed)
     encoder, decoder = ResNet50DeepStem(), UPerNetDecoder()
-    load_state_dict_checked(encoder, encoder_sd, "encoder")
-    load_state_dict_checked(decoder, decoder_sd, "decoder")
-    seg = UPPSegmenter(encoder, decoder, synthetic_labels(), device="cpu", weights_id=f"synthetic/{seed}")
+    load_state_dict_checked(encoder, encoder_sd, "synthetic encoder")
+    load_state_dict_checked(decoder, decoder_sd, "synthetic decoder")
+    seg = UPPSegmenter(encoder, decoder, synthetic_labels(), device=device, weights_id=f"synthetic/{seed}",
+                       precision=precision)  # type: ignore[arg-type]
     if size is not None:
         seg.preprocessing = Preprocessing("rgb", size, "bilinear")
     return seg

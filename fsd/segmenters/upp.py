@@ -126,6 +126,22 @@ def float32_math(allow_tf32: bool) -> Iterator[None]:
 
 
 @contextmanager
+def algorithm_choice(autotune: bool, deterministic: bool) -> Iterator[None]:
+    """``cudnn.benchmark = autotune``; cuDNN's deterministic convolutions and PyTorch's deterministic
+    algorithms (``warn_only``) on or off with ``deterministic``; the user's settings restored on exit."""
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        cudnn.benchmark, cudnn.deterministic = autotune, deterministic
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
+@contextmanager
 def deterministic_algorithms() -> Iterator[None]:
     """cuDNN autotuning off, deterministic cuDNN convolutions and PyTorch's deterministic algorithms on;
     the user's settings restored on exit.
@@ -136,18 +152,9 @@ def deterministic_algorithms() -> Iterator[None]:
     a run. PyTorch also warns that cuBLAS needs ``CUBLAS_WORKSPACE_CONFIG`` for determinism; that concerns
     work spread over several CUDA streams, and segmentation runs on one, so that one warning is silenced.
     """
-    cudnn = torch.backends.cudnn
-    saved = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled())
-    try:
-        cudnn.benchmark, cudnn.deterministic = False, True
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*CUBLAS_WORKSPACE_CONFIG")
-            yield
-    finally:
-        cudnn.benchmark, cudnn.deterministic = saved[0], saved[1]
-        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+    with algorithm_choice(autotune=False, deterministic=True), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*CUBLAS_WORKSPACE_CONFIG")
+        yield
 
 
 def _bilinear(logits: torch.Tensor, size: int) -> torch.Tensor:
